@@ -1,0 +1,117 @@
+"""The ``fastslow`` command.
+
+  fastslow train --config configs/shapes_fast.py[:arg] --workdir DIR [--config.a.b=value ...]
+  fastslow eval  --workdir DIR [--split test] [--output FILE.json] [--config.a.b=value ...]
+
+``train`` resumes from the latest checkpoint in DIR when there is one. ``eval`` reads the run's saved
+config (DIR/config.json) and its latest checkpoint; ``--config.a.b=value`` overrides apply on top
+(e.g. ``--config.eval.batch_size=64``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastslow", description="Fast and Slow text-to-visual retrieval in JAX.",
+        epilog="Config fields are overridden with --config.a.b=value (e.g. --config.train.steps=100).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) a model from a config",
+                       description="Train a model; rerunning on the same workdir resumes from its last checkpoint.")
+    t.add_argument("--config", required=True, help="config file, optionally with an argument: path.py[:arg]")
+    t.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, config.json)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a trained run on a split",
+                       description="Exact text->image and image->text retrieval metrics of a trained run.")
+    e.add_argument("--workdir", required=True, help="a training run directory")
+    e.add_argument("--config", default=None,
+                   help="config file to use instead of WORKDIR/config.json (the checkpoint must match it)")
+    e.add_argument("--split", default=None, help="split to evaluate (default: the config's data.test_split)")
+    e.add_argument("--output", default=None, help="write the table as JSON rows to this file")
+    return p
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("orbax", "jax._src", "tensorflow_datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # e.g. TFDS's "OpenCV is not installed" notice
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastslow_jax import config as config_lib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        overrides, rest = config_lib.split_overrides(argv)
+    except config_lib.ConfigError as err:
+        print(f"fastslow: error: {err}", file=sys.stderr)
+        return 2
+    args = _parser().parse_args(rest)
+    _setup_logging()
+    try:
+        if args.command == "train":
+            return _train(args, overrides)
+        if args.command == "eval":
+            return _eval(args, overrides)
+    except config_lib.ConfigError as err:
+        print(f"fastslow: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastslow: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if os.environ.get("FASTSLOW_DEBUG"):
+            raise
+        print(f"fastslow: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train(args, overrides) -> int:
+    from fastslow_jax import config as config_lib
+    from fastslow_jax.train import loop
+
+    config = config_lib.load_config(args.config, overrides)
+    metrics = loop.train(config, args.workdir, progress=not args.no_progress)
+    if metrics:
+        print(f"final validation: t2i R@1 {metrics['t2i_r1']:.1f}  R@5 {metrics['t2i_r5']:.1f}  "
+              f"R@10 {metrics['t2i_r10']:.1f}  (gallery {metrics['gallery']})")
+    return 0
+
+
+def _eval(args, overrides) -> int:
+    from fastslow_jax import config as config_lib
+    from fastslow_jax.retrieval.evaluate import Evaluator, format_table, write_rows
+    from fastslow_jax.train import loop
+
+    if args.config:
+        overrides = [*_config_as_overrides(config_lib.load_config(args.config)), *overrides]
+    run, state = loop.load_trained(args.workdir, overrides)
+    split = args.split or run.config.data.test_split
+    row = Evaluator(run).evaluate(state, split, timing=True)
+    print(format_table([row]))
+    if args.output:
+        write_rows([row], args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _config_as_overrides(config) -> list[str]:
+    from fastslow_jax import config as config_lib
+    import json
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in config_lib.flatten(config).items()]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

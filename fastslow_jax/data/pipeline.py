@@ -1,0 +1,144 @@
+"""The one data path: TFDS array_record files -> Grain -> host batches -> global arrays.
+
+Every dataset is a TFDS builder written with ``file_format="array_record"`` and read with
+``builder.as_data_source(split)`` (random access, no TensorFlow). Examples carry at least
+``image`` (uint8 [H, W, 3], or [T, H, W, 3] for clips), ``captions`` (list of str) and ``image_id``.
+
+Training: shuffle (reshuffled every epoch) -> repeat -> pick one caption per image and tokenise
+(deterministic per global position) -> this process's strided slice -> batch. Process ``p`` of
+``P`` takes positions ``p, p+P, ...`` so that global batch ``b`` is exactly the global positions
+``b*G .. b*G+G-1`` whatever the number of processes. The iterator state is a small dict that the
+checkpoint stores, so a resumed run sees the same data order.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from typing import Any, Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from fastslow_jax.data.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = os.environ.get("FASTSLOW_DATA_DIR", os.path.expanduser("~/.cache/fastslow_jax/datasets"))
+
+
+def _builder_registry():
+    from fastslow_jax.data.builders.shapes import Shapes
+    return {"shapes": Shapes}
+
+
+def get_builder(data_cfg: ml_collections.ConfigDict, *, prepare: bool = True):
+    """The TFDS builder for ``data_cfg.name`` (``name`` or ``name/config``), built on first use."""
+    import tensorflow_datasets as tfds
+
+    name, _, variant = data_cfg.name.partition("/")
+    registry = _builder_registry()
+    if name not in registry:
+        raise ValueError(f"unknown dataset {data_cfg.name!r} in config.data.name; known: {sorted(registry)}")
+    data_dir = os.path.expanduser(data_cfg.get("data_dir") or DEFAULT_DATA_DIR)
+    builder = registry[name](config=variant or None, data_dir=data_dir)
+    if prepare and not _is_prepared(builder):
+        log.info("building dataset %s into %s (first use)", data_cfg.name, data_dir)
+        builder.download_and_prepare(file_format="array_record",
+                                     download_config=tfds.download.DownloadConfig(
+                                         manual_dir=data_cfg.get("manual_dir") or None))
+    return builder
+
+
+def _is_prepared(builder) -> bool:
+    try:
+        return bool(builder.info.splits) and os.path.isdir(builder.data_dir)
+    except Exception:  # noqa: BLE001 - any failure to read the metadata means "not built"
+        return False
+
+
+def _decode_image(image: Any) -> np.ndarray:
+    if isinstance(image, (bytes, bytearray)):
+        from PIL import Image
+        with Image.open(io.BytesIO(image)) as im:
+            return np.asarray(im.convert("RGB"))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _captions(example: dict) -> list[str]:
+    caps = example["captions"]
+    return [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in np.asarray(caps, dtype=object).ravel()]
+
+
+class _TrainTransform(grain.transforms.RandomMap):
+    """Decode the image, pick one of its captions at random, tokenise it."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def random_map(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        caps = _captions(example)
+        if not caps:
+            raise ValueError(f"example {example.get('image_id')!r} has no caption")
+        caption = caps[int(rng.integers(len(caps)))]
+        return {"image": _decode_image(example["image"]), "tokens": self.tokenizer([caption])[0]}
+
+
+def make_tokenizer(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
+    return Tokenizer(data_cfg.tokenizer, max_len=data_cfg.max_len)
+
+
+def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, split: str | None = None,
+                  process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
+    """An infinite, deterministic MapDataset of this process's training batches."""
+    data_cfg = config.data
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    if config.train.batch_size % pc:
+        raise ValueError(f"train.batch_size {config.train.batch_size} is not divisible by {pc} processes")
+    source = get_builder(data_cfg).as_data_source(split or data_cfg.train_split)
+    ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat(None)
+    ds = ds.random_map(_TrainTransform(tokenizer), seed=config.seed + 1)
+    ds = ds[pi::pc]
+    return ds.batch(config.train.batch_size // pc, drop_remainder=True)
+
+
+def train_iterator(ds: grain.MapDataset, num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
+    """A checkpointable iterator (``get_state``/``set_state``) with background prefetch."""
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)))
+
+
+class EvalSplit:
+    """A split for evaluation: ordered images (read lazily, in batches) and all their captions."""
+
+    def __init__(self, data_cfg: ml_collections.ConfigDict, split: str, limit: int | None = None):
+        self.name, self.split = data_cfg.name, split
+        builder = get_builder(data_cfg)
+        if split not in builder.info.splits:
+            raise ValueError(f"dataset {data_cfg.name!r} has no split {split!r}; "
+                             f"available: {sorted(builder.info.splits)}")
+        self.source = builder.as_data_source(split)
+        self.num_images = len(self.source) if not limit else min(limit, len(self.source))
+        self.captions: list[str] = []
+        cap2img: list[int] = []
+        self.image_ids: list[str] = []
+        for i in range(self.num_images):
+            ex = self.source[i]
+            caps = _captions(ex)
+            self.captions.extend(caps)
+            cap2img.extend([i] * len(caps))
+            iid = ex.get("image_id", i)
+            self.image_ids.append(iid.decode() if isinstance(iid, bytes) else str(iid))
+        self.caption_to_image = np.asarray(cap2img, dtype=np.int64)
+
+    def image_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+        """Yield (images [batch_size, ...], num_valid); the last batch is padded by repeating image 0."""
+        ds = grain.MapDataset.source(self.source)[: self.num_images]
+        ds = ds.map(lambda ex: _decode_image(ex["image"])).batch(batch_size)
+        for batch in ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)):
+            n = len(batch)
+            if n < batch_size:
+                batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, axis=0)])
+            yield batch, n

@@ -1,0 +1,60 @@
+"""A BERT-compatible transformer text encoder (word + position + token-type embeddings, post-LN layers).
+
+The attribute names follow Hugging Face's BERT layout (embeddings / encoder layers with attention,
+intermediate and output projections), so that BERT-family safetensors checkpoints can be mapped
+onto it one tensor at a time.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from fastslow_jax.models import layers
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, vocab_size: int, width: int, max_len: int, *, type_vocab_size: int = 2,
+                 dropout: float = 0.0, ln_eps: float = 1e-12, dtype=None, rngs: nnx.Rngs):
+        init = nnx.initializers.truncated_normal(stddev=0.02)
+        self.word = nnx.Embed(vocab_size, width, embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
+                              dtype=dtype, rngs=rngs)
+        self.position = nnx.Embed(max_len, width, embedding_init=nnx.with_partitioning(init, (None, "embed")),
+                                  dtype=dtype, rngs=rngs)
+        self.token_type = nnx.Embed(type_vocab_size, width,
+                                    embedding_init=nnx.with_partitioning(init, (None, "embed")),
+                                    dtype=dtype, rngs=rngs)
+        self.norm = layers.layer_norm(width, eps=ln_eps, rngs=rngs, dtype=dtype)
+        self.dropout = nnx.Dropout(dropout)
+        self.max_len = max_len
+
+    def __call__(self, tokens: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        length = tokens.shape[-1]
+        if length > self.max_len:
+            raise ValueError(f"text of {length} tokens is longer than the encoder's max_len {self.max_len}")
+        positions = jnp.arange(length)
+        x = self.word(tokens) + self.position(positions)[None] + self.token_type(jnp.zeros_like(tokens))
+        return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+
+class TextEncoder(nnx.Module):
+    """[B, L] token ids (0 = padding) -> [B, L, width] contextual token states."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, rngs: nnx.Rngs):
+        self.width = cfg.width
+        self.pad_id = 0
+        self.embeddings = Embeddings(vocab_size, cfg.width, cfg.max_len, dropout=cfg.dropout, dtype=dtype,
+                                     rngs=rngs)
+        self.layers = nnx.List([
+            layers.TransformerLayer(cfg.width, cfg.num_heads, cfg.mlp_dim, dropout=cfg.dropout, dtype=dtype,
+                                    rngs=rngs)
+            for _ in range(cfg.depth)
+        ])
+
+    def __call__(self, tokens: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        mask = layers.padding_mask(tokens, self.pad_id)
+        x = self.embeddings(tokens, deterministic=deterministic, rngs=rngs)
+        for layer in self.layers:
+            x = layer(x, mask=mask, deterministic=deterministic, rngs=rngs)
+        return x

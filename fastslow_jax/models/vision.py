@@ -1,0 +1,139 @@
+"""Vision backbones. Every backbone maps uint8 images [B, H, W, 3] to a feature pyramid.
+
+``backbone(images, train=...)`` returns ``{"C3": [B, H/8, W/8, c3], "C4": [B, H/16, W/16, c4],
+"C5": [B, H/32, W/32, c5]}`` and exposes ``backbone.channels = {"C3": c3, "C4": c4, "C5": c5}``.
+Fast pools C5; Slow (fine-grained cross-attention) builds P5..P3 from the whole pyramid.
+Input normalisation belongs to the backbone (each pretrained checkpoint has its own convention).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+PYRAMID_LEVELS = ("C3", "C4", "C5")
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, *, rngs: nnx.Rngs, use_bias: bool = False,
+         dtype=None) -> nnx.Conv:
+    init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding="SAME", use_bias=use_bias,
+                    kernel_init=nnx.with_partitioning(init, (None, None, "conv_in", "conv_out")),
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
+                    dtype=dtype, rngs=rngs)
+
+
+def normalize_images(images: jax.Array, mean, std, dtype) -> jax.Array:
+    """uint8 (or float in [0, 255]) images -> (x/255 - mean) / std in ``dtype``."""
+    x = images.astype(jnp.float32) / 255.0
+    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    return x.astype(dtype or jnp.float32)
+
+
+class TinyCNN(nnx.Module):
+    """A small residual CNN for the built-in datasets: a 4x4 stride-4 patchify stem, then one residual
+    stage per pyramid level (C2 at stride 4, then stride-2 stages C3, C4, C5), GroupNorm and ReLU.
+
+    64x64 images give C3 8x8, C4 4x4 and C5 2x2 maps.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, dtype=None, rngs: nnx.Rngs):
+        widths = tuple(cfg.widths)
+        if len(widths) != 4:
+            raise ValueError(f"model.vision.widths must list 4 stage widths (C2..C5), got {widths}")
+        self.mean, self.std, self.dtype = tuple(cfg.mean), tuple(cfg.std), dtype
+        self.stem = conv(3, widths[0], 4, 4, rngs=rngs, dtype=dtype)
+        self.stages = nnx.List()
+        in_ch = widths[0]
+        for i, w in enumerate(widths):
+            self.stages.append(_TinyStage(in_ch, w, 1 if i == 0 else 2, dtype=dtype, rngs=rngs))
+            in_ch = w
+        self.channels = {"C3": widths[1], "C4": widths[2], "C5": widths[3]}
+
+    def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        x = self.stem(normalize_images(images, self.mean, self.std, self.dtype))
+        feats = {}
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i >= 1:
+                feats[f"C{i + 2}"] = x
+        return feats
+
+
+class _TinyStage(nnx.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype=None, rngs: nnx.Rngs):
+        self.down = conv(in_ch, out_ch, 3, stride, rngs=rngs, dtype=dtype)
+        self.norm1 = nnx.GroupNorm(out_ch, num_groups=min(8, out_ch), dtype=dtype, rngs=rngs)
+        self.conv = conv(out_ch, out_ch, 3, 1, rngs=rngs, dtype=dtype)
+        self.norm2 = nnx.GroupNorm(out_ch, num_groups=min(8, out_ch), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.norm1(self.down(x)))
+        return jax.nn.relu(x + self.norm2(self.conv(x)))
+
+
+class Bottleneck(nnx.Module):
+    """ResNet v1.5 bottleneck (stride on the 3x3 conv, as in torchvision and Hugging Face)."""
+
+    def __init__(self, in_ch: int, width: int, stride: int, *, dtype=None, rngs: nnx.Rngs):
+        out_ch = width * 4
+        bn = lambda c: nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.conv1, self.bn1 = conv(in_ch, width, 1, rngs=rngs, dtype=dtype), bn(width)
+        self.conv2, self.bn2 = conv(width, width, 3, stride, rngs=rngs, dtype=dtype), bn(width)
+        self.conv3, self.bn3 = conv(width, out_ch, 1, rngs=rngs, dtype=dtype), bn(out_ch)
+        if stride != 1 or in_ch != out_ch:
+            self.proj, self.proj_bn = conv(in_ch, out_ch, 1, stride, rngs=rngs, dtype=dtype), bn(out_ch)
+        else:
+            self.proj = self.proj_bn = None
+
+    def __call__(self, x, *, train: bool):
+        ura = not train
+        y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
+        y = jax.nn.relu(self.bn2(self.conv2(y), use_running_average=ura))
+        y = self.bn3(self.conv3(y), use_running_average=ura)
+        shortcut = x if self.proj is None else self.proj_bn(self.proj(x), use_running_average=ura)
+        return jax.nn.relu(y + shortcut)
+
+
+class ResNet(nnx.Module):
+    """ResNet-50 (stage sizes 3, 4, 6, 3) returning C3 (512 ch), C4 (1024 ch) and C5 (2048 ch)."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, dtype=None, rngs: nnx.Rngs):
+        stage_sizes = tuple(cfg.get("stage_sizes", (3, 4, 6, 3)))
+        self.mean, self.std, self.dtype = tuple(cfg.mean), tuple(cfg.std), dtype
+        self.stem = conv(3, 64, 7, 2, rngs=rngs, dtype=dtype)
+        self.stem_bn = nnx.BatchNorm(64, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.stages = nnx.List()
+        in_ch = 64
+        for i, n in enumerate(stage_sizes):
+            width = 64 * 2 ** i
+            blocks = nnx.List()
+            for j in range(n):
+                blocks.append(Bottleneck(in_ch, width, 2 if (j == 0 and i > 0) else 1, dtype=dtype, rngs=rngs))
+                in_ch = width * 4
+            self.stages.append(blocks)
+        self.channels = {"C3": 512, "C4": 1024, "C5": 2048}
+
+    def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        x = normalize_images(images, self.mean, self.std, self.dtype)
+        x = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not train))
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                  ((0, 0), (1, 1), (1, 1), (0, 0)))
+        feats = {}
+        for i, blocks in enumerate(self.stages):
+            for block in blocks:
+                x = block(x, train=train)
+            feats[f"C{i + 2}"] = x
+        return {k: feats[k] for k in PYRAMID_LEVELS}
+
+
+BACKBONES: dict[str, Callable[..., nnx.Module]] = {"tiny_cnn": TinyCNN, "resnet50": ResNet}
+
+
+def build_backbone(cfg: ml_collections.ConfigDict, *, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
+    if cfg.name not in BACKBONES:
+        raise ValueError(f"unknown model.vision.name {cfg.name!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[cfg.name](cfg, dtype=dtype, rngs=rngs)

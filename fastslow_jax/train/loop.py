@@ -1,0 +1,278 @@
+"""The one training loop. A task supplies the model and the loss; everything else lives here.
+
+* The step is a pure function ``(state, batch, rng) -> (state, metrics)``, jitted once with
+  explicit in/out shardings and the state donated.
+* State = ``{"step", "params", "rest", "opt"}``: model parameters, the model's other variables
+  (e.g. BatchNorm statistics) and the optax state, all sharded from logical-axis metadata.
+* Orbax checkpoints hold the state and the data iterator position; rerunning on the same workdir
+  resumes (same data order, same per-step RNG), so a killed run ends like an uninterrupted one.
+* Metrics go to ``metrics.jsonl`` and TensorBoard; a progress bar shows examples/s and ETA; a
+  non-finite loss stops the run naming the step, before any checkpoint of the bad state is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from tqdm import tqdm
+
+from fastslow_jax import config as config_lib
+from fastslow_jax import parallel
+from fastslow_jax.checkpoint import Checkpointer
+from fastslow_jax.data import pipeline
+from fastslow_jax.data.tokenizer import Tokenizer
+from fastslow_jax.train.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def get_task(name: str):
+    from fastslow_jax.train.fast import FastTask
+    tasks = {"fast": FastTask}
+    if name not in tasks:
+        raise ValueError(f"unknown config.task {name!r}; choose one of {sorted(tasks)}")
+    return tasks[name]()
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop, the evaluators and the CLI share about one configured model."""
+    config: ml_collections.ConfigDict
+    task: Any
+    tokenizer: Tokenizer
+    mesh: Mesh
+    rules: dict
+    graphdef: Any
+    tx: optax.GradientTransformation
+    schedule: Callable
+    state_sharding: Any
+    batch_sharding: NamedSharding
+
+    def model(self, state) -> nnx.Module:
+        return nnx.merge(self.graphdef, state["params"], state["rest"])
+
+    def _init_fn(self):
+        cfg, vocab, task, tx = self.config, self.tokenizer.vocab_size, self.task, self.tx
+
+        def init():
+            model = task.build_model(cfg, vocab, nnx.Rngs(cfg.seed))
+            _, params, rest = nnx.split(model, nnx.Param, ...)
+            return {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest, "opt": tx.init(params)}
+
+        return jax.jit(init, out_shardings=self.state_sharding)
+
+    def init_state(self):
+        """A freshly initialised train state, created directly on its shardings."""
+        with jax.set_mesh(self.mesh):
+            return self._init_fn()()
+
+    def abstract_state(self):
+        """ShapeDtypeStructs (with shardings) of the train state: the target for restoring."""
+        with jax.set_mesh(self.mesh):
+            return jax.eval_shape(self._init_fn())
+
+
+def setup(config: ml_collections.ConfigDict, devices=None) -> Run:
+    """Build the task, tokenizer, mesh (over ``devices``, default all) and shardings for ``config``."""
+    task = get_task(config.task)
+    tokenizer = pipeline.make_tokenizer(config.data)
+    mesh = parallel.make_mesh(config.mesh, devices)
+    rules = dict(config.sharding_rules)
+    tx, schedule = make_optimizer(config.optim, config.train.steps)
+    abstract_model = nnx.eval_shape(lambda: task.build_model(config, tokenizer.vocab_size, nnx.Rngs(config.seed)))
+    graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "rest": rest,
+                      "opt": jax.eval_shape(tx.init, params)}
+    state_sharding = parallel.state_shardings(abstract_state, rules, mesh)
+    bsh = parallel.batch_sharding(mesh, rules)
+    return Run(config, task, tokenizer, mesh, rules, graphdef, tx, schedule, state_sharding, bsh)
+
+
+def make_train_step(run: Run):
+    graphdef, task, config, tx, schedule = run.graphdef, run.task, run.config, run.tx, run.schedule
+
+    def train_step(state, batch, rng):
+        step_rng = jax.random.fold_in(rng, state["step"])
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state["rest"])
+            loss, metrics = task.loss_fn(model, batch, step_rng, config)
+            _, _, new_rest = nnx.split(model, nnx.Param, ...)
+            return loss, (metrics, new_rest)
+
+        (_, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
+        return {"step": state["step"] + 1, "params": params, "rest": new_rest, "opt": opt}, metrics
+
+    repl = parallel.replicated(run.mesh)
+    return jax.jit(train_step, in_shardings=(run.state_sharding, run.batch_sharding, repl),
+                   out_shardings=(run.state_sharding, repl), donate_argnums=(0,))
+
+
+class MetricWriter:
+    """metrics.jsonl + TensorBoard event files, written by process 0 only."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        for k, v in metrics.items():
+            self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def _count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "config.json")
+    text = config_lib.to_json(config)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() != text:
+                log.warning("config differs from the one saved in %s; the new one replaces it", path)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _check_finite(step: int, metrics: dict, ckpt: Checkpointer) -> dict[str, float]:
+    """Raise TrainingDiverged if the loss or the gradient norm of ``step`` is not finite."""
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    bad = [k for k in ("loss", "grad_norm") if not math.isfinite(values.get(k, 0.0))]
+    if bad:
+        what = " and ".join(f"{k} = {values[k]}" for k in bad)
+        last = ckpt.latest_step()
+        where = (f"the last good checkpoint is step {last} in {ckpt.directory}" if last is not None
+                 else "no checkpoint had been written yet")
+        raise TrainingDiverged(f"training diverged at step {step} ({what}); stopped before saving it, and {where}")
+    return values
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
+          devices=None) -> dict[str, Any]:
+    """Train (or resume) ``config`` in ``workdir``; returns the final validation metrics, if any."""
+    os.makedirs(workdir, exist_ok=True)
+    _write_config(config, workdir)
+    run = setup(config, devices)
+    tcfg = config.train
+    total = int(tcfg.steps)
+    if tcfg.batch_size % parallel.batch_divisor(run.mesh, run.rules):
+        raise ValueError(f"train.batch_size {tcfg.batch_size} must be divisible by the "
+                         f"{parallel.batch_divisor(run.mesh, run.rules)} devices the batch is split over")
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tcfg.keep_checkpoints)
+    writer = MetricWriter(workdir)
+    it = pipeline.train_iterator(pipeline.train_dataset(config, run.tokenizer))
+    start = 0
+    if ckpt.latest_step() is not None:
+        state, data_state = ckpt.restore(run.abstract_state())
+        start = int(state["step"])
+        if data_state is not None:
+            it.set_state(data_state)
+        log.info("resumed from %s at step %d", ckpt.directory, start)
+    else:
+        state = run.init_state()
+    log.info("model %s: %s parameters; mesh %s", config.task, f"{_count_params(state['params']):,}",
+             dict(run.mesh.shape))
+    if start >= total:
+        log.info("already trained to step %d of %d", start, total)
+    rng = jax.random.key(config.seed + 2)
+    step_fn = make_train_step(run)
+    evaluator = None
+    val_metrics: dict[str, Any] = {}
+
+    bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
+               desc=f"train {config.task}", unit="step", dynamic_ncols=True, mininterval=1.0)
+    pending, t_last, n_last = None, time.perf_counter(), start
+    try:
+        for step in range(start, total):
+            batch = parallel.host_to_global(next(it), run.batch_sharding)
+            if step == start:
+                t0 = time.perf_counter()
+                step_fn = step_fn.lower(state, batch, rng).compile()
+                log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
+                t_last = time.perf_counter()
+            state, metrics = step_fn(state, batch, rng)
+            if pending is not None:  # one step behind, so the host never stalls the device
+                _check_finite(*pending, ckpt)
+            pending = (step + 1, metrics)
+            done = step + 1
+            bar.update(1)
+            if done % tcfg.log_every == 0 or done == total:
+                values = _check_finite(*pending, ckpt)
+                now = time.perf_counter()
+                values["examples_per_s"] = (done - n_last) * tcfg.batch_size / max(now - t_last, 1e-9)
+                t_last, n_last = now, done
+                writer.write(done, "train", values)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", ex_s=f"{values['examples_per_s']:.0f}")
+            if done % tcfg.checkpoint_every == 0 or done == total:
+                _check_finite(*pending, ckpt)
+                ckpt.save(done, state, it.get_state())
+            if config.eval.every and (done % config.eval.every == 0 or done == total):
+                if evaluator is None:
+                    from fastslow_jax.retrieval.evaluate import Evaluator
+                    evaluator = Evaluator(run)
+                row = evaluator.evaluate(state, config.data.val_split)
+                val_metrics = row
+                writer.write(done, "val", {k: v for k, v in row.items() if isinstance(v, (int, float))
+                                           and not isinstance(v, bool)})
+                bar.write(f"step {done}: val t2i R@1 {row['t2i_r1']:.1f}  R@5 {row['t2i_r5']:.1f}  "
+                          f"i2t R@1 {row['i2t_r1']:.1f}")
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+    return val_metrics
+
+
+def load_trained(workdir: str, overrides=(), devices=None) -> tuple[Run, Any]:
+    """The Run and the latest train state of a finished (or interrupted) run in ``workdir``."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} holds no config.json: is it a training workdir?")
+    with open(path, encoding="utf-8") as f:
+        config = config_lib.config_from_json(f.read())
+    config_lib.apply_overrides(config, overrides)
+    run = setup(config, devices)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        state, _ = ckpt.restore(run.abstract_state())
+    finally:
+        ckpt.close()
+    return run, state

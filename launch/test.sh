@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The README's test command: set up .venv with the test extras, then run the whole suite on CPU
+# (8 fake devices, generated data, no network). Extra arguments go to pytest.
+FASTSLOW_EXTRAS=test source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+cd "$ROOT"
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout=900 tests "$@"

@@ -1,0 +1,37 @@
+"""Install with `pip install -e . -c requirements/constraints.txt` (the launch scripts do this).
+
+Versions are pinned in one place only: requirements/constraints.txt. The ranges below say what the
+code needs; the constraints file says what we test with.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="fastslow_jax",
+    version="0.1.0",
+    description="Fast and Slow text-to-visual retrieval (Miech et al., CVPR 2021) in JAX / Flax NNX",
+    python_requires=">=3.11",
+    packages=find_packages(include=["fastslow_jax", "fastslow_jax.*"]),
+    package_data={"fastslow_jax": ["data/vocab/*.txt"]},
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "ml_collections>=1.1",
+        "tensorflow-datasets>=4.9.10",
+        "array_record>=0.8",
+        "grain>=0.2.18",
+        "transformers>=5",
+        "tokenizers>=0.23",
+        "safetensors>=0.8",
+        "scann>=1.4",
+        "numpy>=2",
+        "pillow>=11",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=9", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["fastslow=fastslow_jax.cli:main"]},
+)

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from fastslow_jax.data import pipeline, shapes
+from fastslow_jax.data.tokenizer import Tokenizer
+from tests.conftest import tiny_config
+
+
+def _rows(batch):
+    return {(b.tobytes(), t.tobytes()) for b, t in zip(batch["image"], batch["tokens"])}
+
+
+def test_train_batches_are_deterministic_and_real():
+    cfg = tiny_config()
+    tok = pipeline.make_tokenizer(cfg.data)
+    a = pipeline.train_dataset(cfg, tok)
+    b = pipeline.train_dataset(cfg, tok)
+    for i in range(3):
+        np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
+        np.testing.assert_array_equal(a[i]["tokens"], b[i]["tokens"])
+    batch = a[0]
+    assert batch["image"].shape == (cfg.train.batch_size, 64, 64, 3) and batch["image"].dtype == np.uint8
+    assert batch["tokens"].shape == (cfg.train.batch_size, cfg.data.max_len)
+    # every image in a batch is a real training image, paired with one of its own captions
+    spec = shapes.ShapesSpec(**{k: v for k, v in dict(image_size=64, num_train=256, num_val=64,
+                                                            num_test=64).items()})
+    train = {ex["image"].tobytes(): ex["captions"] for ex in shapes.generate_split(spec, "train")}
+    for image, tokens in zip(batch["image"], batch["tokens"]):
+        caps = train[image.tobytes()]
+        assert tok.decode(tokens) in caps
+
+
+def test_epochs_are_reshuffled_and_cover_the_split():
+    cfg = tiny_config()
+    tok = pipeline.make_tokenizer(cfg.data)
+    ds = pipeline.train_dataset(cfg, tok)
+    per_epoch = 256 // cfg.train.batch_size
+    epoch0 = [r[0] for i in range(per_epoch) for r in _rows(ds[i])]
+    epoch1 = [r[0] for i in range(per_epoch, 2 * per_epoch) for r in _rows(ds[i])]
+    assert len(set(epoch0)) == 256 and set(epoch0) == set(epoch1)
+    order0 = [ds[0]["image"][j].tobytes() for j in range(4)]
+    order1 = [ds[per_epoch]["image"][j].tobytes() for j in range(4)]
+    assert order0 != order1
+
+
+def test_two_processes_split_each_global_batch_exactly():
+    cfg = tiny_config()
+    tok = pipeline.make_tokenizer(cfg.data)
+    single = pipeline.train_dataset(cfg, tok, process_index=0, process_count=1)
+    p0 = pipeline.train_dataset(cfg, tok, process_index=0, process_count=2)
+    p1 = pipeline.train_dataset(cfg, tok, process_index=1, process_count=2)
+    for i in range(3):
+        assert p0[i]["image"].shape[0] == cfg.train.batch_size // 2
+        assert _rows(p0[i]) | _rows(p1[i]) == _rows(single[i])
+        assert not _rows(p0[i]) & _rows(p1[i])
+
+
+def test_iterator_state_resumes_the_same_batches():
+    cfg = tiny_config()
+    tok = pipeline.make_tokenizer(cfg.data)
+    it = pipeline.train_iterator(pipeline.train_dataset(cfg, tok))
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(2)]
+    it2 = pipeline.train_iterator(pipeline.train_dataset(cfg, tok))
+    it2.set_state(state)
+    for want in expected:
+        got = next(it2)
+        np.testing.assert_array_equal(got["tokens"], want["tokens"])
+        np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_eval_split_captions_and_padding():
+    cfg = tiny_config()
+    split = pipeline.EvalSplit(cfg.data, "test")
+    assert split.num_images == 64 and len(split.captions) == 64 * 5
+    np.testing.assert_array_equal(split.caption_to_image, np.repeat(np.arange(64), 5))
+    batches = list(split.image_batches(24))
+    assert [n for _, n in batches] == [24, 24, 16] and all(b.shape[0] == 24 for b, _ in batches)
+    with pytest.raises(ValueError, match="has no split 'dev'"):
+        pipeline.EvalSplit(cfg.data, "dev")
+
+
+def test_unknown_dataset_is_a_clear_error():
+    cfg = tiny_config(overrides=["data.name=flickr99"])
+    with pytest.raises(ValueError, match="unknown dataset 'flickr99'"):
+        pipeline.get_builder(cfg.data)

@@ -1,0 +1,78 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from fastslow_jax.models import layers
+from fastslow_jax.models.fast import FastModel
+from fastslow_jax.models.vision import build_backbone
+from tests.conftest import tiny_config
+
+
+def _model(seed=0):
+    cfg = tiny_config()
+    return FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(seed)), cfg
+
+
+def test_masked_mean_hand_computed():
+    x = jnp.asarray([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    valid = jnp.asarray([[True, True, False]])
+    np.testing.assert_allclose(layers.masked_mean(x, valid), [[2.0, 3.0]])
+
+
+def test_l2_normalize():
+    y = layers.l2_normalize(jnp.asarray([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(y, [[0.6, 0.8], [0.0, 0.0]], atol=1e-6)
+
+
+def test_embeddings_are_unit_vectors_with_expected_shapes():
+    model, cfg = _model()
+    images = jax.random.randint(jax.random.key(0), (3, 64, 64, 3), 0, 256).astype(jnp.uint8)
+    tokens = jnp.asarray([[2, 10, 11, 3, 0, 0], [2, 12, 3, 0, 0, 0], [2, 13, 14, 15, 16, 3]])
+    img, txt = model.encode_image(images), model.encode_text(tokens)
+    assert img.shape == (3, cfg.model.embed_dim) and txt.shape == (3, cfg.model.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(float(model.scale()), 1 / cfg.model.temperature, rtol=1e-5)
+
+
+def test_text_embedding_ignores_padding():
+    model, _ = _model()
+    short = jnp.asarray([[2, 10, 11, 3]])
+    padded = jnp.asarray([[2, 10, 11, 3, 0, 0, 0, 0]])
+    np.testing.assert_allclose(model.encode_text(short), model.encode_text(padded), atol=1e-5)
+
+
+def test_clip_of_identical_frames_embeds_like_the_image():
+    model, _ = _model()
+    image = jax.random.randint(jax.random.key(1), (2, 64, 64, 3), 0, 256).astype(jnp.uint8)
+    clip = jnp.repeat(image[:, None], 4, axis=1)  # [B, T, H, W, 3]
+    np.testing.assert_allclose(model.encode_image(clip), model.encode_image(image), atol=1e-5)
+
+
+def test_tiny_cnn_pyramid_strides():
+    cfg = tiny_config().model.vision
+    net = build_backbone(cfg, rngs=nnx.Rngs(0))
+    feats = net(jnp.zeros((2, 64, 64, 3), jnp.uint8))
+    assert {k: v.shape for k, v in feats.items()} == {
+        "C3": (2, 8, 8, cfg.widths[1]), "C4": (2, 4, 4, cfg.widths[2]), "C5": (2, 2, 2, cfg.widths[3])}
+    assert net.channels == {"C3": cfg.widths[1], "C4": cfg.widths[2], "C5": cfg.widths[3]}
+
+
+def test_resnet50_parameter_count_and_pyramid():
+    cfg = ml_collections.ConfigDict({"name": "resnet50", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})
+    net = nnx.eval_shape(lambda: build_backbone(cfg, rngs=nnx.Rngs(0)))
+    params = nnx.state(net, nnx.Param)
+    # torchvision resnet50 has 25,557,032 parameters; without its 2048->1000 fc layer: 23,508,032.
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) == 23_508_032
+    out = jax.eval_shape(lambda m, x: m(x), net, jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.uint8))
+    assert {k: v.shape for k, v in out.items()} == {
+        "C3": (1, 28, 28, 512), "C4": (1, 14, 14, 1024), "C5": (1, 7, 7, 2048)}
+
+
+def test_unknown_backbone_is_a_clear_error():
+    cfg = ml_collections.ConfigDict({"name": "vgg"})
+    with pytest.raises(ValueError, match="unknown model.vision.name 'vgg'"):
+        build_backbone(cfg, rngs=nnx.Rngs(0))

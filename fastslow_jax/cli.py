@@ -5,7 +5,9 @@
 
 ``train`` resumes from the latest checkpoint in DIR when there is one. ``eval`` reads the run's saved
 config (DIR/config.json) and its latest checkpoint; ``--config.a.b=value`` overrides apply on top
-(e.g. ``--config.eval.batch_size=64``).
+(e.g. ``--config.eval.batch_size=64``). When DIR is a pipeline workdir (sub-runs fast/, slow/,
+slow_lastmap/, distill/, as the demo writes), ``eval`` prints the whole table: Fast, distilled
+Fast, Slow, the last-map ablation and Fast(+distilled)+Slow re-ranking for every K.
 """
 from __future__ import annotations
 
@@ -29,9 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, config.json)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    e = sub.add_parser("eval", help="evaluate a trained run on a split",
-                       description="Exact text->image and image->text retrieval metrics of a trained run.")
-    e.add_argument("--workdir", required=True, help="a training run directory")
+    e = sub.add_parser("eval", help="evaluate a trained run (or a pipeline of runs) on a split",
+                       description="Retrieval metrics of a trained run; for a pipeline workdir (fast/, slow/, "
+                                   "slow_lastmap/, distill/) the whole Fast / Slow / re-ranking table.")
+    e.add_argument("--workdir", required=True, help="a training run directory, or a pipeline workdir")
     e.add_argument("--config", default=None,
                    help="config file to use instead of WORKDIR/config.json (the checkpoint must match it)")
     e.add_argument("--split", default=None, help="split to evaluate (default: the config's data.test_split)")
@@ -92,17 +95,20 @@ def _train(args, overrides) -> int:
 
 def _eval(args, overrides) -> int:
     from fastslow_jax import config as config_lib
-    from fastslow_jax.retrieval.evaluate import Evaluator, format_table, write_rows
+    from fastslow_jax.retrieval import evaluate
     from fastslow_jax.train import loop
 
     if args.config:
         overrides = [*_config_as_overrides(config_lib.load_config(args.config)), *overrides]
-    run, state = loop.load_trained(args.workdir, overrides)
-    split = args.split or run.config.data.test_split
-    row = Evaluator(run).evaluate(state, split, timing=True)
-    print(format_table([row]))
+    if evaluate.is_pipeline_workdir(args.workdir):
+        rows = evaluate.evaluate_pipeline(args.workdir, args.split, overrides,
+                                          progress=lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True))
+    else:
+        run, state = loop.load_trained(args.workdir, overrides)
+        rows = [evaluate.Evaluator(run).evaluate(state, args.split or run.config.data.test_split, timing=True)]
+    print(evaluate.format_table(rows))
     if args.output:
-        write_rows([row], args.output)
+        evaluate.write_rows(rows, args.output)
         print(f"wrote {args.output}")
     return 0
 

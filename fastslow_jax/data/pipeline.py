@@ -111,9 +111,14 @@ def train_iterator(ds: grain.MapDataset, num_threads: int = 4) -> Iterator[dict[
 
 
 class EvalSplit:
-    """A split for evaluation: ordered images (read lazily, in batches) and all their captions."""
+    """A split for evaluation: ordered images (read lazily, in batches) and their captions (the queries).
 
-    def __init__(self, data_cfg: ml_collections.ConfigDict, split: str, limit: int | None = None):
+    ``limit`` keeps the first N images (0/None = all); ``queries_per_image`` keeps the first N
+    captions of each image as queries (0/None = all).
+    """
+
+    def __init__(self, data_cfg: ml_collections.ConfigDict, split: str, limit: int | None = None,
+                 queries_per_image: int | None = None):
         self.name, self.split = data_cfg.name, split
         builder = get_builder(data_cfg)
         if split not in builder.info.splits:
@@ -126,12 +131,16 @@ class EvalSplit:
         self.image_ids: list[str] = []
         for i in range(self.num_images):
             ex = self.source[i]
-            caps = _captions(ex)
+            caps = _captions(ex)[: queries_per_image or None]
             self.captions.extend(caps)
             cap2img.extend([i] * len(caps))
             iid = ex.get("image_id", i)
             self.image_ids.append(iid.decode() if isinstance(iid, bytes) else str(iid))
         self.caption_to_image = np.asarray(cap2img, dtype=np.int64)
+
+    def images(self, indices) -> np.ndarray:
+        """The decoded images at ``indices`` (for recomputing visual features), stacked."""
+        return np.stack([_decode_image(self.source[int(i)]["image"]) for i in indices])
 
     def image_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
         """Yield (images [batch_size, ...], num_valid); the last batch is padded by repeating image 0."""

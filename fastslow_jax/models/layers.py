@@ -57,10 +57,18 @@ class MultiHeadAttention(nnx.Module):
     def _split(self, x: Array) -> Array:
         return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
 
+    def project_kv(self, kv: Array) -> tuple[Array, Array]:
+        """Keys and values [..., T, heads, head_dim] of a memory, to reuse across many queries."""
+        return self._split(self.key(kv)), self._split(self.value(kv))
+
     def __call__(self, x: Array, kv: Array | None = None, mask: Array | None = None, *,
-                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
-        kv = x if kv is None else kv
-        q, k, v = self._split(self.query(x)), self._split(self.key(kv)), self._split(self.value(kv))
+                 kv_cache: tuple[Array, Array] | None = None, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> Array:
+        """Attend from ``x`` to ``kv`` (default: ``x``), or to precomputed ``kv_cache`` = project_kv(memory).
+
+        Leading (batch) dimensions of ``x`` and of the keys/values broadcast against each other."""
+        q = self._split(self.query(x))
+        k, v = kv_cache if kv_cache is not None else self.project_kv(x if kv is None else kv)
         logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(self.head_dim).astype(q.dtype)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
@@ -103,15 +111,15 @@ class TransformerLayer(nnx.Module):
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x: Array, mask: Array | None = None, memory: Array | None = None,
-                 memory_mask: Array | None = None, *, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> Array:
+                 memory_mask: Array | None = None, *, memory_kv: tuple[Array, Array] | None = None,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
         kw = dict(deterministic=deterministic, rngs=rngs)
         h = self.attention(x, mask=mask, **kw)
         x = self.attention_norm(x + self.dropout(h, **kw))
         if self.cross_attention is not None:
-            if memory is None:
+            if memory is None and memory_kv is None:
                 raise ValueError("this layer has cross-attention and needs a memory to attend to")
-            h = self.cross_attention(x, memory, mask=memory_mask, **kw)
+            h = self.cross_attention(x, memory, mask=memory_mask, kv_cache=memory_kv, **kw)
             x = self.cross_norm(x + self.dropout(h, **kw))
         return self.mlp_norm(x + self.mlp(x, **kw))
 

@@ -1,10 +1,18 @@
-"""Exact retrieval evaluation of a trained Fast model on a split.
+"""Retrieval evaluation: Fast (exact), Slow (exhaustive), Fast -> Slow re-ranking, and the table.
 
-Gallery images and all captions are embedded in fixed-size batches (one compiled shape; the last
-batch is padded and the padding dropped). Scores are exact dot products (jnp matmul); the metric
-maths is ``fastslow_jax.retrieval.metrics`` (pure numpy). ``ms_per_query`` is the measured wall time
-per text query of: tokenised query -> text tower -> matmul against the precomputed gallery
-embeddings -> top-k, in query batches of ``eval.batch_size``, after compilation.
+* Fast: gallery images and captions are embedded in fixed-size batches (one compiled shape; the last
+  batch padded and the padding dropped); scores are exact dot products.
+* Slow: each gallery image's cross-attention keys/values are computed once (the *visual cache*);
+  captions are scored against images in fixed-size tiles (query batches bucketed by length), so
+  scoring never recompiles per query. ``visual="recomputed"`` instead recomputes the candidates'
+  visual features for every query (no cache memory, more compute).
+* Re-ranking: Fast top-K, then Slow scores the K candidates of a batch of queries in one jitted
+  call; they are ordered by ``h + alpha * s`` (alpha = 0: Slow alone) and everything below K keeps
+  its Fast order.
+* ``ms_per_query`` is measured wall time per text query after compilation: Fast = text tower +
+  matmul + top-k against precomputed gallery embeddings; Slow = scoring the query against the
+  whole gallery; Fast+Slow = the Fast part plus re-scoring K candidates.
+Metric maths lives in ``fastslow_jax.retrieval.metrics`` (pure numpy).
 """
 from __future__ import annotations
 
@@ -29,8 +37,27 @@ ROW_KEYS = ("dataset", "split", "method", "k", "gallery", "t2i_r1", "t2i_r5", "t
             "i2t_r10", "ms_per_query")
 
 
-class Evaluator:
-    """Embeds splits with the Fast towers of a ``Run`` and scores them exactly."""
+def load_split(config, split: str) -> EvalSplit:
+    return EvalSplit(config.data, split, limit=config.eval.get("limit") or None,
+                     queries_per_image=config.eval.get("queries_per_image") or None)
+
+
+def _row(config, split: EvalSplit, method: str, scores: np.ndarray | None, *, ms: float | None, k=None,
+         t2i_ranks: np.ndarray | None = None, **extra) -> dict[str, Any]:
+    """A table row; from a full score matrix (t2i and i2t) or from t2i ranks alone (re-ranking)."""
+    ks = tuple(config.eval.ks)
+    if scores is not None:
+        m = metrics_lib.retrieval_metrics(scores, split.caption_to_image, ks=ks)
+    else:
+        m = {f"t2i_r{kk}": metrics_lib.recall_at_k(t2i_ranks, kk) for kk in ks}
+        m.update(t2i_medr=metrics_lib.median_rank(t2i_ranks), t2i_meanr=metrics_lib.mean_rank(t2i_ranks))
+        m.update({f"i2t_r{kk}": None for kk in ks}, i2t_medr=None, i2t_meanr=None)
+    return {"dataset": config.data.name, "split": split.split, "method": method, "k": k,
+            "gallery": int(split.num_images), "queries": int(len(split.captions)), **m, "ms_per_query": ms, **extra}
+
+
+class _Sharded:
+    """Shared plumbing: a Run's mesh and batch sharding for fixed-size host batches."""
 
     def __init__(self, run):
         self.run = run
@@ -39,35 +66,48 @@ class Evaluator:
         if self.batch_size % div:
             raise ValueError(f"eval.batch_size {self.batch_size} must be divisible by the {div} devices the batch "
                              f"is split over")
-        graphdef, repl = run.graphdef, parallel.replicated(run.mesh)
-        params_sh = (run.state_sharding["params"], run.state_sharding["rest"])
-
-        def image_fn(params, rest, images):
-            return nnx.merge(graphdef, params, rest).encode_image(images)
-
-        def text_fn(params, rest, tokens):
-            return nnx.merge(graphdef, params, rest).encode_text(tokens)
-
-        self._image_fn = jax.jit(image_fn, in_shardings=(*params_sh, run.batch_sharding), out_shardings=repl)
-        self._text_fn = jax.jit(text_fn, in_shardings=(*params_sh, run.batch_sharding), out_shardings=repl)
-        self._topk_fn = jax.jit(lambda q, g, k: jax.lax.top_k(q @ g.T, k), static_argnums=2)
-        self._splits: dict[str, EvalSplit] = {}
-
-    def split(self, name: str) -> EvalSplit:
-        if name not in self._splits:
-            self._splits[name] = EvalSplit(self.run.config.data, name, limit=self.run.config.eval.get("limit") or None)
-        return self._splits[name]
+        self.params_sh = (run.state_sharding["params"], run.state_sharding["rest"])
+        self.repl = parallel.replicated(run.mesh)
 
     def _global(self, batch: np.ndarray) -> jax.Array:
-        n, pc, pi = len(batch), jax.process_count(), jax.process_index()
-        rows = n // pc
+        rows = len(batch) // jax.process_count()
+        pi = jax.process_index()
         return parallel.host_to_global(batch[pi * rows:(pi + 1) * rows], self.run.batch_sharding)
+
+    def _model_fn(self, method: str):
+        graphdef = self.run.graphdef
+
+        def fn(params, rest, x):
+            return getattr(nnx.merge(graphdef, params, rest), method)(x)
+
+        return jax.jit(fn, in_shardings=(*self.params_sh, self.run.batch_sharding), out_shardings=self.repl)
+
+
+class FastScorer(_Sharded):
+    """Embeds splits with the Fast towers of a Run (a Fast model, or a distillation student)."""
+
+    def __init__(self, run, tower: str | None = None):
+        super().__init__(run)
+        graphdef = run.graphdef
+
+        def get(model):
+            return getattr(model, tower) if tower else model
+
+        def image_fn(params, rest, images):
+            return get(nnx.merge(graphdef, params, rest)).encode_image(images)
+
+        def text_fn(params, rest, tokens):
+            return get(nnx.merge(graphdef, params, rest)).encode_text(tokens)
+
+        sh = (*self.params_sh, run.batch_sharding)
+        self._image_fn = jax.jit(image_fn, in_shardings=sh, out_shardings=self.repl)
+        self._text_fn = jax.jit(text_fn, in_shardings=sh, out_shardings=self.repl)
+        self._topk_fn = jax.jit(lambda q, g, k: jax.lax.top_k(q @ g.T, k), static_argnums=2)
 
     def embed_images(self, state, split: EvalSplit) -> np.ndarray:
         out = []
         for images, n in split.image_batches(self.batch_size):
-            emb = self._image_fn(state["params"], state["rest"], self._global(images))
-            out.append(np.asarray(emb)[:n])
+            out.append(np.asarray(self._image_fn(state["params"], state["rest"], self._global(images)))[:n])
         return np.concatenate(out)
 
     def embed_texts(self, state, texts: Sequence[str]) -> np.ndarray:
@@ -81,34 +121,173 @@ class Evaluator:
             chunk += [chunk[0]] * (self.batch_size - n)
             yield self._text_fn(state["params"], state["rest"], self._global(tok(chunk)))[:n]
 
-    def time_queries(self, state, texts: Sequence[str], gallery: np.ndarray, k: int = 10) -> float:
-        """Milliseconds per query for text tower + exact search (gallery embeddings precomputed)."""
+    def search(self, state, texts: Sequence[str], gallery: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+        """Exact top-k image indices [Q, k] for ``texts``, and the measured ms per query (after warm-up)."""
         g = jnp.asarray(gallery)
         k = min(k, len(gallery))
         warm = list(texts[: self.batch_size])
         jax.block_until_ready([self._topk_fn(e, g, k) for e in self._text_batches(state, warm)])
         t0 = time.perf_counter()
-        jax.block_until_ready([self._topk_fn(e, g, k) for e in self._text_batches(state, texts)])
-        return 1000.0 * (time.perf_counter() - t0) / max(len(texts), 1)
+        out = [self._topk_fn(e, g, k) for e in self._text_batches(state, texts)]
+        jax.block_until_ready(out)
+        ms = 1000.0 * (time.perf_counter() - t0) / max(len(texts), 1)
+        return np.concatenate([np.asarray(i) for _, i in out]), ms
 
-    def evaluate(self, state, split_name: str, *, timing: bool = False) -> dict[str, Any]:
-        split = self.split(split_name)
+    def evaluate(self, state, split: EvalSplit, method: str = "fast", *, timing: bool = True) -> tuple[dict, np.ndarray]:
+        """(row, full score matrix [Q, N]) for exact Fast retrieval on ``split``."""
         img = self.embed_images(state, split)
         txt = self.embed_texts(state, split.captions)
         scores = np.asarray(jax.jit(lambda a, b: a @ b.T)(txt, img))
-        m = metrics_lib.retrieval_metrics(scores, split.caption_to_image, ks=tuple(self.run.config.eval.ks))
-        row = {"dataset": self.run.config.data.name, "split": split_name, "method": "fast", "k": None,
-               "gallery": int(split.num_images), "queries": int(len(split.captions)), **m,
-               "ms_per_query": self.time_queries(state, split.captions, img) if timing else None}
-        return row
+        ms = self.search(state, split.captions, img, 10)[1] if timing else None
+        return _row(self.run.config, split, method, scores, ms=ms), scores
+
+
+class SlowScorer(_Sharded):
+    """Scores (caption, image) pairs with a Slow model of a Run, reusing per-image visual caches."""
+
+    LENGTH_BUCKET = 16
+
+    def __init__(self, run, tower: str | None = None):
+        super().__init__(run)
+        graphdef = run.graphdef
+        ecfg = run.config.eval
+        self.query_tile = int(ecfg.get("slow_query_tile", 16))
+        self.image_tile = int(ecfg.get("slow_image_tile", 64))
+        self.pair_budget = int(ecfg.get("slow_pair_budget", 1024))
+
+        def get(model):
+            return getattr(model, tower) if tower else model
+
+        def cache_fn(params, rest, images):
+            return get(nnx.merge(graphdef, params, rest)).visual_cache(images)
+
+        def score_fn(params, rest, tokens, cache):
+            # tokens [Qt, 1, L] against cache leaves [Nt, ...] (a gallery tile) or [Qt, K, ...] (candidates)
+            return get(nnx.merge(graphdef, params, rest)).score_with_cache(tokens, cache)
+
+        def score_images_fn(params, rest, tokens, images):
+            # recomputed visual features: tokens [Qt, 1, L], images [Qt, K, H, W, 3]
+            m = get(nnx.merge(graphdef, params, rest))
+            q, k = images.shape[:2]
+            cache = m.visual_cache(images.reshape(q * k, *images.shape[2:]))
+            cache = jax.tree.map(lambda x: x.reshape(q, k, *x.shape[1:]), cache)
+            return m.score_with_cache(tokens, cache)
+
+        self._cache_fn = jax.jit(cache_fn, in_shardings=(*self.params_sh, run.batch_sharding), out_shardings=self.repl)
+        self._score_fn = jax.jit(score_fn)
+        self._score_images_fn = jax.jit(score_images_fn)
+
+    def gallery_cache(self, state, split: EvalSplit):
+        parts = []
+        for images, n in split.image_batches(self.batch_size):
+            c = self._cache_fn(state["params"], state["rest"], self._global(images))
+            parts.append(jax.tree.map(lambda x: x[:n], c))
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+    def _length_sorted_batches(self, texts: Sequence[str], batch: int):
+        """Token batches [batch, L_bucket] (padded by repeating row 0), with the query indices they hold."""
+        tokens = self.run.tokenizer(list(texts))
+        lengths = (tokens != 0).sum(1)
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            bucket = int(min(tokens.shape[1], -(-int(lengths[idx].max()) // self.LENGTH_BUCKET) * self.LENGTH_BUCKET))
+            tok = tokens[idx, :bucket]
+            if len(idx) < batch:
+                tok = np.concatenate([tok, np.repeat(tok[:1], batch - len(idx), axis=0)])
+            yield idx, tok
+
+    def exhaustive(self, state, split: EvalSplit, cache=None) -> tuple[np.ndarray, float]:
+        """Slow scores of every caption against every image [Q, N], and ms per query (cache excluded)."""
+        cache = self.gallery_cache(state, split) if cache is None else cache
+        n = split.num_images
+        nt = min(self.image_tile, n)
+        pad = (-n) % nt
+        padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x, cache)
+        tiles = [jax.tree.map(lambda x: x[s:s + nt], padded) for s in range(0, n + pad, nt)]
+        scores = np.zeros((len(split.captions), n), np.float32)
+        p, r = state["params"], state["rest"]
+        warm = next(self._length_sorted_batches(split.captions[:1], self.query_tile))[1]
+        jax.block_until_ready(self._score_fn(p, r, jnp.asarray(warm)[:, None], tiles[0]))
+        t0 = time.perf_counter()
+        for idx, tok in self._length_sorted_batches(split.captions, self.query_tile):
+            tok = jnp.asarray(tok)[:, None]
+            row = np.concatenate([np.asarray(self._score_fn(p, r, tok, t)) for t in tiles], axis=1)
+            scores[idx] = row[: len(idx), :n]
+        ms = 1000.0 * (time.perf_counter() - t0) / max(len(split.captions), 1)
+        return scores, ms
+
+    def rerank_scores(self, state, texts: Sequence[str], candidates: np.ndarray, cache=None,
+                      split: EvalSplit | None = None) -> tuple[np.ndarray, float]:
+        """Slow scores [Q, K] of each query's K candidate images, and ms per query.
+
+        With ``cache`` (from ``gallery_cache``) the candidates' visual keys/values are gathered;
+        without, their images are read from ``split`` and their visual features recomputed."""
+        q, k = candidates.shape
+        qb = max(1, self.pair_budget // k)
+        out = np.zeros((q, k), np.float32)
+        p, r = state["params"], state["rest"]
+
+        def run(idx, tok):
+            cand = candidates[idx]
+            if len(idx) < qb:
+                cand = np.concatenate([cand, np.repeat(cand[:1], qb - len(idx), axis=0)])
+            tok = jnp.asarray(tok)[:, None]
+            if cache is not None:
+                return self._score_fn(p, r, tok, jax.tree.map(lambda x: x[jnp.asarray(cand)], cache))
+            images = split.images(cand.reshape(-1)).reshape(*cand.shape, *split.images([0]).shape[1:])
+            return self._score_images_fn(p, r, tok, jnp.asarray(images))
+
+        first = next(self._length_sorted_batches(texts[:1], qb))
+        jax.block_until_ready(run(np.asarray([0]), first[1]))
+        t0 = time.perf_counter()
+        for idx, tok in self._length_sorted_batches(texts, qb):
+            out[idx] = np.asarray(run(idx, tok))[: len(idx)]
+        return out, 1000.0 * (time.perf_counter() - t0) / max(q, 1)
+
+    def evaluate(self, state, split: EvalSplit, method: str = "slow") -> tuple[dict, np.ndarray]:
+        """(row, score matrix) for exhaustive Slow text->image retrieval (visual tokens cached)."""
+        scores, ms = self.exhaustive(state, split)
+        ranks = metrics_lib.t2i_ranks(scores, split.caption_to_image)
+        return _row(self.run.config, split, method, None, ms=ms, t2i_ranks=ranks, visual="cached"), scores
+
+
+def rerank_ranks(fast_scores: np.ndarray, candidates: np.ndarray, slow_scores: np.ndarray,
+                 caption_to_image: np.ndarray, alpha: float) -> np.ndarray:
+    """0-based t2i ranks after re-ranking each query's top-K (``candidates``, best first) by
+    ``slow + alpha * fast``; the gallery below K keeps its Fast order (ties count against the model)."""
+    q, k = candidates.shape
+    fast_top = np.take_along_axis(fast_scores, candidates, axis=1)
+    combined = slow_scores + alpha * fast_top
+    gt = caption_to_image
+    in_top = candidates == gt[:, None]
+    ranks = metrics_lib.t2i_ranks(fast_scores, gt)  # gt outside the top-K keeps its Fast rank (>= K)
+    hit = in_top.any(1)
+    gt_score = np.where(in_top, combined, -np.inf).max(1)
+    others = np.where(in_top, -np.inf, combined)
+    ranks[hit] = (others[hit] >= gt_score[hit, None]).sum(1)
+    return ranks
+
+
+def choose_alpha(fast_scores, candidates, slow_scores, caption_to_image, grid: Sequence[float]) -> float:
+    """The alpha of ``grid`` with the best R@1 (then mean rank) after re-ranking; ties -> the smaller alpha."""
+    best = None
+    for a in sorted(grid):
+        ranks = rerank_ranks(fast_scores, candidates, slow_scores, caption_to_image, a)
+        key = (-(ranks == 0).mean(), ranks.mean())
+        if best is None or key < best[0]:
+            best = (key, a)
+    return best[1]
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    cols = [("method", "method", "{}"), ("k", "K", "{}"), ("gallery", "gallery", "{}"),
+    cols = [("method", "method", "{}"), ("k", "K", "{}"), ("gallery", "gallery", "{}"), ("queries", "queries", "{}"),
             ("t2i_r1", "t2i R@1", "{:.1f}"), ("t2i_r5", "R@5", "{:.1f}"), ("t2i_r10", "R@10", "{:.1f}"),
-            ("t2i_medr", "medR", "{:.0f}"), ("i2t_r1", "i2t R@1", "{:.1f}"), ("i2t_r5", "R@5", "{:.1f}"),
-            ("i2t_r10", "R@10", "{:.1f}"), ("i2t_medr", "medR", "{:.0f}"), ("ms_per_query", "ms/query", "{:.3f}")]
+            ("t2i_medr", "medR", "{:.1f}"), ("i2t_r1", "i2t R@1", "{:.1f}"), ("i2t_r5", "R@5", "{:.1f}"),
+            ("i2t_r10", "R@10", "{:.1f}"), ("i2t_medr", "medR", "{:.1f}"), ("ms_per_query", "ms/query", "{:.3f}"),
+            ("alpha", "alpha", "{:g}"), ("visual", "visual", "{}")]
     fmt = lambda f, v: "-" if v is None else f.format(v)
+    cols = [c for c in cols if any(r.get(c[0]) is not None for r in rows) or c[0] in ("k",)]
     table = [[h for _, h, _ in cols]] + [[fmt(f, r.get(key)) for key, _, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]
@@ -122,3 +301,112 @@ def write_rows(rows: Sequence[dict], path: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(list(rows), f, indent=2)
     os.replace(tmp, path)
+
+
+class Evaluator:
+    """Evaluates one trained run on its splits: Fast runs (and distillation students) with exact Fast
+    retrieval, Slow runs with exhaustive Slow retrieval. Splits and compiled functions are reused."""
+
+    def __init__(self, run):
+        self.run = run
+        task = run.config.task
+        self.scorer = SlowScorer(run) if task == "slow" else FastScorer(run, "student" if task == "distill" else None)
+        self._splits: dict[str, EvalSplit] = {}
+
+    def split(self, name: str) -> EvalSplit:
+        if name not in self._splits:
+            self._splits[name] = load_split(self.run.config, name)
+        return self._splits[name]
+
+    def evaluate(self, state, split_name: str, *, timing: bool = False) -> dict:
+        split = self.split(split_name)
+        if isinstance(self.scorer, SlowScorer):
+            return self.scorer.evaluate(state, split)[0]
+        return self.scorer.evaluate(state, split, timing=timing)[0]
+
+
+PIPELINE_RUNS = ("fast", "slow", "slow_lastmap", "distill")
+
+
+def is_pipeline_workdir(workdir: str) -> bool:
+    """A pipeline workdir (as written by launch/demo.sh) holds runs in fast/, slow/, distill/, ..."""
+    return (not os.path.exists(os.path.join(workdir, "config.json"))
+            and any(os.path.exists(os.path.join(workdir, r, "config.json")) for r in PIPELINE_RUNS))
+
+
+def evaluate_pipeline(workdir: str, split_name: str | None = None, overrides: Sequence[str] = (),
+                      progress=print) -> list[dict]:
+    """The full table for a pipeline workdir: fast, fast_distilled, slow, slow_lastmap, and
+    fast(+distilled)+slow re-ranking for every K in the Slow run's ``rerank.ks``.
+
+    All rows use the same gallery and queries (the ``eval.limit`` / ``eval.queries_per_image`` of the
+    runs' configs, after ``overrides``). Re-ranking's alpha is chosen per K on the validation split
+    unless ``rerank.alpha`` >= 0 fixes it.
+    """
+    from fastslow_jax.train import loop
+
+    runs = {}
+    for name in PIPELINE_RUNS:
+        if os.path.exists(os.path.join(workdir, name, "config.json")):
+            runs[name] = loop.load_trained(os.path.join(workdir, name), overrides)
+    if "fast" not in runs and "distill" not in runs and "slow" not in runs:
+        raise FileNotFoundError(f"{workdir} holds none of the runs {PIPELINE_RUNS}")
+    any_run = next(iter(runs.values()))[0]
+    split_name = split_name or any_run.config.data.test_split
+    rows: list[dict] = []
+    fast_like = {}  # method -> (scorer, state, test scores [Q, N], ms per query)
+    split = load_split(any_run.config, split_name)
+    for name, method in (("fast", "fast"), ("distill", "fast_distilled")):
+        if name in runs:
+            run, state = runs[name]
+            scorer = FastScorer(run, "student" if name == "distill" else None)
+            row, scores = scorer.evaluate(state, split, method)
+            rows.append(row)
+            progress(f"{method}: t2i R@1 {row['t2i_r1']:.1f}")
+            fast_like[method] = (scorer, state, scores, row["ms_per_query"])
+    for name in ("slow", "slow_lastmap"):
+        if name in runs:
+            run, state = runs[name]
+            row, _ = SlowScorer(run).evaluate(state, split, name)
+            rows.append(row)
+            progress(f"{name}: t2i R@1 {row['t2i_r1']:.1f} ({row['ms_per_query']:.1f} ms/query)")
+    if "slow" in runs and fast_like:
+        rows += _rerank_rows(runs["slow"], fast_like, split, progress)
+    return rows
+
+
+def _rerank_rows(slow_run_state, fast_like: dict, split: EvalSplit, progress) -> list[dict]:
+    run, state = slow_run_state
+    cfg = run.config
+    ks = [k for k in cfg.rerank.ks if k <= split.num_images]
+    slow = SlowScorer(run)
+    cache = slow.gallery_cache(state, split)
+    val = load_split(cfg, cfg.data.val_split) if cfg.rerank.alpha < 0 else None
+    val_cache = slow.gallery_cache(state, val) if val is not None else None
+    rows = []
+    for method, (scorer, fstate, scores, fast_ms) in fast_like.items():
+        alphas = {k: float(cfg.rerank.alpha) for k in ks}
+        if val is not None:  # choose alpha per K on validation, never on the test split
+            vrow, vscores = scorer.evaluate(fstate, val, timing=False)
+            vcand = np.argsort(-vscores, axis=1, kind="stable")[:, : max(ks)]
+            vslow, _ = slow.rerank_scores(state, val.captions, vcand, cache=val_cache)
+            for k in ks:
+                alphas[k] = choose_alpha(vscores, vcand[:, :k], vslow[:, :k], val.caption_to_image,
+                                         tuple(cfg.rerank.alpha_grid))
+        img = scorer.embed_images(fstate, split)
+        cand_all, fast_ms = scorer.search(fstate, split.captions, img, max(ks))
+        for k in ks:
+            cand = cand_all[:, :k]
+            slow_scores, slow_ms = slow.rerank_scores(state, split.captions, cand, cache=cache)
+            ranks = rerank_ranks(scores, cand, slow_scores, split.caption_to_image, alphas[k])
+            rows.append(_row(cfg, split, f"{method}+slow", None, k=k, ms=fast_ms + slow_ms, t2i_ranks=ranks,
+                             alpha=alphas[k], visual="cached"))
+            progress(f"{method}+slow K={k}: t2i R@1 {rows[-1]['t2i_r1']:.1f} ({fast_ms + slow_ms:.2f} ms/query)")
+        if method == "fast" and cfg.rerank.recompute_k in ks:  # the no-cache alternative, for the speed record
+            k = cfg.rerank.recompute_k
+            cand = cand_all[:, :k]
+            slow_scores, slow_ms = slow.rerank_scores(state, split.captions, cand, split=split)
+            ranks = rerank_ranks(scores, cand, slow_scores, split.caption_to_image, alphas[k])
+            rows.append(_row(cfg, split, f"{method}+slow", None, k=k, ms=fast_ms + slow_ms, t2i_ranks=ranks,
+                             alpha=alphas[k], visual="recomputed"))
+    return rows

@@ -35,6 +35,7 @@ def in_batch_accuracy(logits: jax.Array) -> jax.Array:
 
 class FastTask:
     name = "fast"
+    trainable = nnx.Param  # which variables the optimizer updates
 
     def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> FastModel:
         return FastModel(config.model, vocab_size=vocab_size, rngs=rngs)

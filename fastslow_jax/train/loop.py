@@ -44,7 +44,9 @@ class TrainingDiverged(RuntimeError):
 
 def get_task(name: str):
     from fastslow_jax.train.fast import FastTask
-    tasks = {"fast": FastTask}
+    from fastslow_jax.train.distill import DistillTask
+    from fastslow_jax.train.slow import SlowTask
+    tasks = {"fast": FastTask, "slow": SlowTask, "distill": DistillTask}
     if name not in tasks:
         raise ValueError(f"unknown config.task {name!r}; choose one of {sorted(tasks)}")
     return tasks[name]()
@@ -67,12 +69,16 @@ class Run:
     def model(self, state) -> nnx.Module:
         return nnx.merge(self.graphdef, state["params"], state["rest"])
 
+    def split(self, model: nnx.Module):
+        """(graphdef, trainable params, everything else) under the task's ``trainable`` filter."""
+        return nnx.split(model, self.task.trainable, ...)
+
     def _init_fn(self):
         cfg, vocab, task, tx = self.config, self.tokenizer.vocab_size, self.task, self.tx
 
         def init():
             model = task.build_model(cfg, vocab, nnx.Rngs(cfg.seed))
-            _, params, rest = nnx.split(model, nnx.Param, ...)
+            _, params, rest = nnx.split(model, task.trainable, ...)
             return {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest, "opt": tx.init(params)}
 
         return jax.jit(init, out_shardings=self.state_sharding)
@@ -96,7 +102,7 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Run:
     rules = dict(config.sharding_rules)
     tx, schedule = make_optimizer(config.optim, config.train.steps)
     abstract_model = nnx.eval_shape(lambda: task.build_model(config, tokenizer.vocab_size, nnx.Rngs(config.seed)))
-    graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    graphdef, params, rest = nnx.split(abstract_model, task.trainable, ...)
     abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "rest": rest,
                       "opt": jax.eval_shape(tx.init, params)}
     state_sharding = parallel.state_shardings(abstract_state, rules, mesh)
@@ -113,7 +119,7 @@ def make_train_step(run: Run):
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["rest"])
             loss, metrics = task.loss_fn(model, batch, step_rng, config)
-            _, _, new_rest = nnx.split(model, nnx.Param, ...)
+            _, _, new_rest = nnx.split(model, task.trainable, ...)
             return loss, (metrics, new_rest)
 
         (_, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -208,6 +214,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         log.info("resumed from %s at step %d", ckpt.directory, start)
     else:
         state = run.init_state()
+        if hasattr(run.task, "initialize"):  # e.g. load a teacher or pretrained towers into the fresh state
+            state = run.task.initialize(run, state)
     log.info("model %s: %s parameters; mesh %s", config.task, f"{_count_params(state['params']):,}",
              dict(run.mesh.shape))
     if start >= total:
@@ -250,10 +258,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                     evaluator = Evaluator(run)
                 row = evaluator.evaluate(state, config.data.val_split)
                 val_metrics = row
-                writer.write(done, "val", {k: v for k, v in row.items() if isinstance(v, (int, float))
-                                           and not isinstance(v, bool)})
-                bar.write(f"step {done}: val t2i R@1 {row['t2i_r1']:.1f}  R@5 {row['t2i_r5']:.1f}  "
-                          f"i2t R@1 {row['i2t_r1']:.1f}")
+                writer.write(done, "val", {k: v for k, v in row.items()
+                                           if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                bar.write(f"step {done}: {config.data.val_split} t2i R@1 {row['t2i_r1']:.1f}  "
+                          f"R@5 {row['t2i_r5']:.1f}  R@10 {row['t2i_r10']:.1f}  (gallery {row['gallery']})")
     finally:
         bar.close()
         ckpt.close()

@@ -1,0 +1,100 @@
+"""Fields shared by the shapes_* configs (not a config itself: no get_config)."""
+import ml_collections
+
+
+def check_arg(name: str, arg) -> bool:
+    """Returns True for the tiny variant; the only accepted arguments are none and 'tiny'."""
+    if arg not in (None, "", "tiny"):
+        raise ValueError(f"configs/{name} takes no argument or 'tiny', got {arg!r}")
+    return arg == "tiny"
+
+
+def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = task
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "shapes/tiny" if tiny else "shapes"  # TFDS builder[/config]
+    c.data.data_dir = ""  # "" = $FASTSLOW_DATA_DIR or ~/.cache/fastslow_jax/datasets
+    c.data.manual_dir = ""
+    c.data.train_split = "train"
+    c.data.val_split = "validation"
+    c.data.test_split = "test"
+    c.data.tokenizer = "shapes"  # built-in vocab, or a path to vocab.txt / a BERT checkpoint dir
+    c.data.max_len = 64  # shapes captions have up to 56 words
+
+    c.model = ml_collections.ConfigDict()
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    c.model.vision = ml_collections.ConfigDict()
+    c.model.vision.name = "tiny_cnn"  # tiny_cnn | resnet50
+    c.model.vision.widths = (8, 16, 16, 32) if tiny else (32, 64, 96, 128)  # C2..C5
+    c.model.vision.mean = (0.5, 0.5, 0.5)
+    c.model.vision.std = (0.25, 0.25, 0.25)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 5 if tiny else 100
+    c.optim.end_lr_factor = 0.01
+    c.optim.weight_decay = 1e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.grad_clip = 1.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 16 if tiny else 128
+    c.train.steps = 20 if tiny else 1000
+    c.train.log_every = 5 if tiny else 50
+    c.train.checkpoint_every = 10 if tiny else 500
+    c.train.keep_checkpoints = 2
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 32 if tiny else 256
+    c.eval.every = 0 if tiny else 1000  # validation every N steps (0 = never)
+    c.eval.ks = (1, 5, 10)
+    c.eval.limit = 0  # evaluate on the first N images only (0 = all)
+    c.eval.queries_per_image = 0  # use the first N captions of each image as queries (0 = all)
+
+    c.rerank = ml_collections.ConfigDict()
+    c.rerank.ks = (1, 5, 10, 20, 50)  # Fast top-K re-ranked by Slow (pipeline eval)
+    c.rerank.alpha = -1.0  # order by slow + alpha * fast; < 0: choose per K on the validation split
+    c.rerank.alpha_grid = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+    c.rerank.recompute_k = 10  # also time this K with visual features recomputed instead of cached
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+    # logical axis -> mesh axis (or tuple of axes, or None = replicated)
+    c.sharding_rules = ml_collections.ConfigDict({
+        "batch": ("data", "fsdp"), "embed": "fsdp", "mlp": "model", "heads": "model", "vocab": "model",
+        "conv_in": None, "conv_out": "model"})
+    return c
+
+
+def fast_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
+    """The Fast dual encoder's fields (used by shapes_fast and by the distillation student)."""
+    c.model.embed_dim = 32 if tiny else 128
+    c.model.temperature = 0.07  # initial value of the learnable temperature
+    c.model.text = ml_collections.ConfigDict()
+    c.model.text.width = 32 if tiny else 96
+    c.model.text.depth = 1 if tiny else 2
+    c.model.text.num_heads = 2 if tiny else 3
+    c.model.text.mlp_dim = 64 if tiny else 192
+    c.model.text.max_len = 64
+    c.model.text.dropout = 0.0
+    c.loss = ml_collections.ConfigDict()
+    c.loss.direction = "both"  # t2i | i2t | both (symmetric InfoNCE)
+
+
+def slow_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
+    """The Slow model's fields (used by shapes_slow and by the distillation teacher)."""
+    c.model.slow = ml_collections.ConfigDict()
+    c.model.slow.width = 32 if tiny else 64
+    c.model.slow.fpn_width = 32 if tiny else 64
+    c.model.slow.num_heads = 2 if tiny else 4
+    c.model.slow.mlp_dim = 64 if tiny else 128
+    c.model.slow.max_len = 64
+    c.model.slow.dropout = 0.0
+    c.model.slow.max_frames = 8
+    # pyramid level attended by each decoder layer: fine-grained coarse-to-fine; (P5, P5, P5) = last map only
+    c.model.slow.levels = ("P5", "P4", "P3")

@@ -1,0 +1,35 @@
+"""Task ``slow``: the bidirectional captioning loss (teacher forcing, padding masked).
+
+loss = mean over real target tokens of -log p_fwd, plus the same for the right-to-left decoder,
+halved: the two directions are weighted equally.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from fastslow_jax.models.slow import SlowModel
+
+
+def captioning_loss(fwd_logp: jax.Array, bwd_logp: jax.Array, tokens: jax.Array):
+    """(loss, metrics) from per-token log-probs [B, L-1] of both directions; tokens [B, L] give the mask."""
+    n = jnp.maximum((tokens[:, 1:] != 0).sum(), 1)
+    nll_fwd = -fwd_logp.sum() / n
+    nll_bwd = -bwd_logp.sum() / n  # both directions have the same number of targets
+    loss = 0.5 * (nll_fwd + nll_bwd)
+    return loss, {"loss": loss, "nll_fwd": nll_fwd, "nll_bwd": nll_bwd}
+
+
+class SlowTask:
+    name = "slow"
+    trainable = nnx.Param
+
+    def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> SlowModel:
+        return SlowModel(config.model, vocab_size=vocab_size, rngs=rngs)
+
+    def loss_fn(self, model: SlowModel, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict):
+        cache = model.visual_cache(batch["image"], train=True)
+        fwd, bwd = model.token_log_probs(batch["tokens"], cache, train=True, rngs=nnx.Rngs(dropout=rng))
+        return captioning_loss(fwd, bwd, batch["tokens"])

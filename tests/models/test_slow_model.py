@@ -1,0 +1,103 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fastslow_jax.models.slow import FPN, SlowModel, position_embedding_2d, reverse_tokens
+from tests.conftest import tiny_config
+
+
+def _model(levels=("P5", "P4", "P3")):
+    cfg = tiny_config("shapes_slow.py", overrides=[f"model.slow.levels={','.join(levels)}"])
+    return SlowModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))
+
+
+IMAGES = jax.random.randint(jax.random.key(0), (3, 64, 64, 3), 0, 256).astype(jnp.uint8)
+TOKENS = jnp.asarray([[2, 40, 50, 60, 70, 3, 0, 0], [2, 41, 3, 0, 0, 0, 0, 0], [2, 42, 43, 44, 45, 46, 47, 3]])
+
+
+def test_reverse_tokens_keeps_padding_in_place():
+    np.testing.assert_array_equal(reverse_tokens(jnp.asarray([[2, 5, 6, 3, 0, 0], [2, 7, 3, 0, 0, 0]])),
+                                  [[3, 6, 5, 2, 0, 0], [3, 7, 2, 0, 0, 0]])
+
+
+def _one_position_at_a_time(model, dec, tokens, cache):
+    """Sum of log p(token_{t+1} | tokens_{<=t}) with the decoder run on each prefix separately."""
+    total = np.zeros(tokens.shape[0])
+    n = np.asarray((tokens != 0).sum(1))
+    for t in range(1, tokens.shape[1]):
+        logp = model._decode(dec, tokens[:, : t + 1], cache, deterministic=True, rngs=None)[:, -1]
+        total += np.where(t < n, np.asarray(logp), 0.0)
+    return total
+
+
+def test_score_is_the_sum_of_per_token_log_probs_computed_one_position_at_a_time():
+    model = _model()
+    cache = model.visual_cache(IMAGES)
+    want = (_one_position_at_a_time(model, model.fwd, TOKENS, cache["fwd"])
+            + _one_position_at_a_time(model, model.bwd, reverse_tokens(TOKENS), cache["bwd"]))
+    np.testing.assert_allclose(model.score(IMAGES, TOKENS), want, rtol=1e-5, atol=1e-4)
+    assert np.all(want < 0)
+
+
+def test_per_token_log_probs_are_normalised_and_padding_is_masked():
+    model = _model()
+    fwd, bwd = model.token_log_probs(TOKENS, model.visual_cache(IMAGES))
+    assert fwd.shape == bwd.shape == (3, 7)
+    targets = np.asarray(TOKENS[:, 1:]) != 0
+    assert np.all(np.asarray(fwd)[~targets] == 0) and np.all(np.asarray(fwd)[targets] < 0)
+    assert (np.asarray(bwd) < 0).sum() == targets.sum()  # both directions predict the same number of tokens
+
+
+def test_future_tokens_do_not_change_earlier_predictions():
+    model = _model()
+    cache = model.visual_cache(IMAGES)
+    changed = TOKENS.at[2, 6].set(99)
+    a = model._decode(model.fwd, TOKENS, cache["fwd"], deterministic=True, rngs=None)
+    b = model._decode(model.fwd, changed, cache["fwd"], deterministic=True, rngs=None)
+    np.testing.assert_allclose(a[2, :5], b[2, :5], atol=1e-6)  # targets before position 6
+    assert not np.allclose(a[2, 5:], b[2, 5:])
+
+
+def test_all_pairs_scoring_with_cache_matches_pairwise_scoring():
+    model = _model()
+    cache = model.visual_cache(IMAGES)
+    grid = np.asarray(model.score_with_cache(TOKENS[:, None], cache))  # [captions, images]
+    for i in range(3):
+        for j in range(3):
+            one = model.score(IMAGES[j:j + 1], TOKENS[i:i + 1])
+            np.testing.assert_allclose(grid[i, j], one[0], rtol=1e-5, atol=1e-4)
+    # candidates gathered per query ([Q, K] leading dims) give the same numbers
+    cand = jnp.asarray([[2, 0], [1, 1], [0, 2]])
+    gathered = np.asarray(model.score_with_cache(TOKENS[:, None], jax.tree.map(lambda x: x[cand], cache)))
+    np.testing.assert_allclose(gathered, np.take_along_axis(grid, np.asarray(cand), 1), rtol=1e-5, atol=1e-4)
+
+
+def test_level_schedule_decides_the_visual_tokens_each_layer_attends():
+    fine, last = _model(("P5", "P4", "P3")), _model(("P5", "P5", "P5"))
+    fine_kv = fine.visual_cache(IMAGES)["fwd"]
+    last_kv = last.visual_cache(IMAGES)["fwd"]
+    assert [k.shape[1] for k, _ in fine_kv] == [4, 16, 64]  # 2x2, 4x4, 8x8 maps of a 64 px image
+    assert [k.shape[1] for k, _ in last_kv] == [4, 4, 4]
+    with pytest.raises(ValueError, match="model.slow.levels"):
+        _model(("P6",))
+
+
+def test_fpn_upsamples_and_adds():
+    fpn = FPN({"C3": 4, "C4": 4, "C5": 4}, 4, rngs=nnx.Rngs(0))
+    feats = {"C3": jnp.zeros((1, 8, 8, 4)), "C4": jnp.zeros((1, 4, 4, 4)), "C5": jnp.ones((1, 2, 2, 4))}
+    out = fpn(feats)
+    assert {k: v.shape for k, v in out.items()} == {"P3": (1, 8, 8, 4), "P4": (1, 4, 4, 4), "P5": (1, 2, 2, 4)}
+    # with zero C3/C4, P3's pre-smoothing map is the lateral biases plus P5 broadcast over each 4x4 block
+    lat5 = fpn.lateral["C5"](feats["C5"])
+    pre3 = fpn.lateral["C3"](feats["C3"]) + jnp.repeat(jnp.repeat(
+        fpn.lateral["C4"](feats["C4"]) + jnp.repeat(jnp.repeat(lat5, 2, 1), 2, 2), 2, 1), 2, 2)
+    np.testing.assert_allclose(out["P3"], fpn.smooth["P3"](pre3), rtol=1e-6)
+
+
+def test_position_embedding_distinguishes_cells():
+    e = np.asarray(position_embedding_2d(4, 4, 32))
+    assert e.shape == (16, 32)
+    d = np.linalg.norm(e[:, None] - e[None], axis=-1)
+    assert (d + np.eye(16)).min() > 0.1

@@ -98,3 +98,5 @@ def slow_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.model.slow.max_frames = 8
     # pyramid level attended by each decoder layer: fine-grained coarse-to-fine; (P5, P5, P5) = last map only
     c.model.slow.levels = ("P5", "P4", "P3")
+    # start the backbone from a trained run's vision tower (a workdir, e.g. the Fast run); "" = random init
+    c.model.vision_init = ""

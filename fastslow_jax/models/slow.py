@@ -101,6 +101,11 @@ class SlowModel(nnx.Module):
         self.width = scfg.width
         self.vision = build_backbone(cfg.vision, dtype=dtype, rngs=rngs)
         self.fpn = FPN(self.vision.channels, scfg.fpn_width, dtype=dtype, rngs=rngs)
+        # per-level BatchNorm on the pyramid: standardises each channel across images, so the image-dependent
+        # part of the maps is not drowned by a large image-independent offset (the decoder would then learn to
+        # ignore the image and become a language model)
+        self.level_norm = nnx.Dict({lv: nnx.BatchNorm(scfg.fpn_width, momentum=0.9, dtype=dtype, rngs=rngs)
+                                    for lv in LEVELS})
         self.visual_proj = layers.dense(scfg.fpn_width, scfg.width, (None, "embed"), rngs=rngs, dtype=dtype)
         self.visual_norm = layers.layer_norm(scfg.width, rngs=rngs, dtype=dtype)
         init = nnx.initializers.truncated_normal(stddev=0.02)
@@ -122,7 +127,7 @@ class SlowModel(nnx.Module):
         pyramid = self.fpn(self.vision(frames, train=train))
         out = {}
         for i, level in enumerate(LEVELS):
-            p = pyramid[level]
+            p = self.level_norm[level](pyramid[level], use_running_average=not train)
             _, h, w, c = p.shape
             x = self.visual_proj(p.reshape(p.shape[0], h * w, c))
             x = x + position_embedding_2d(h, w, self.width).astype(x.dtype) + self.level_embed[i].astype(x.dtype)

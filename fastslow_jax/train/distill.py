@@ -82,14 +82,12 @@ class DistillTask:
         dcfg = run.config.distill
         devices = run.mesh.devices.ravel().tolist()
         model = run.model(state)
-        _, teacher = loop.load_trained(dcfg.teacher_workdir, devices=devices)
-        nnx.update(model.teacher, teacher["params"], teacher["rest"])
+        loop.load_submodule(model.teacher, dcfg.teacher_workdir, what="distill.teacher_workdir", devices=devices)
         if dcfg.student_init:
             scfg = read_run_config(dcfg.student_init, "distill.student_init")
             if scfg.task != "fast":
                 raise ValueError(f"distill.student_init {dcfg.student_init!r} holds a {scfg.task!r} run, not 'fast'")
-            _, student = loop.load_trained(dcfg.student_init, devices=devices)
-            nnx.update(model.student, student["params"], student["rest"])
+            loop.load_submodule(model.student, dcfg.student_init, what="distill.student_init", devices=devices)
         _, params, rest = run.split(model)
         state = dict(state, params=params, rest=rest, opt=run.tx.init(params))
         return jax.device_put(state, run.state_sharding)

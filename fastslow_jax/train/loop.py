@@ -117,7 +117,7 @@ def make_train_step(run: Run):
         step_rng = jax.random.fold_in(rng, state["step"])
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state["rest"])
+            model = nnx.merge(graphdef, params, state["rest"], copy=True)
             loss, metrics = task.loss_fn(model, batch, step_rng, config)
             _, _, new_rest = nnx.split(model, task.trainable, ...)
             return loss, (metrics, new_rest)
@@ -267,6 +267,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         ckpt.close()
         writer.close()
     return val_metrics
+
+
+def load_submodule(target: nnx.Module, workdir: str, path: str = "", *, what: str, devices=None) -> None:
+    """Overwrite ``target``'s variables with those of submodule ``path`` ("" = the whole model, or e.g.
+    "vision") of the latest checkpoint in a training ``workdir``; shapes must match."""
+    run, state = load_trained(workdir, devices=devices)
+    source = run.model(state)
+    for name in filter(None, path.split(".")):
+        if not hasattr(source, name):
+            raise ValueError(f"{what}: the run in {workdir} ({run.config.task}) has no submodule {path!r}")
+        source = getattr(source, name)
+    want = jax.tree.map(lambda x: x.shape, nnx.state(target))
+    got = jax.tree.map(lambda x: x.shape, nnx.state(source))
+    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+        raise ValueError(f"{what}: {path or 'the model'} in {workdir} does not match this model's "
+                         f"(different architecture or config)")
+    nnx.update(target, nnx.state(source))
 
 
 def load_trained(workdir: str, overrides=(), devices=None) -> tuple[Run, Any]:

@@ -29,6 +29,20 @@ class SlowTask:
     def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> SlowModel:
         return SlowModel(config.model, vocab_size=vocab_size, rngs=rngs)
 
+    def initialize(self, run, state):
+        """Start the vision backbone from a trained run's (``model.vision_init``: a workdir), e.g. the
+        Fast model's image tower, as the paper starts from an ImageNet backbone."""
+        from fastslow_jax.train import loop
+
+        init = run.config.model.get("vision_init")
+        if not init:
+            return state
+        model = run.model(state)
+        loop.load_submodule(model.vision, init, "vision", what="model.vision_init",
+                            devices=run.mesh.devices.ravel().tolist())
+        _, params, rest = run.split(model)
+        return jax.device_put(dict(state, params=params, rest=rest, opt=run.tx.init(params)), run.state_sharding)
+
     def loss_fn(self, model: SlowModel, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict):
         cache = model.visual_cache(batch["image"], train=True)
         fwd, bwd = model.token_log_probs(batch["tokens"], cache, train=True, rngs=nnx.Rngs(dropout=rng))

@@ -100,3 +100,4 @@ def slow_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.model.slow.levels = ("P5", "P4", "P3")
     # start the backbone from a trained run's vision tower (a workdir, e.g. the Fast run); "" = random init
     c.model.vision_init = ""
+    c.model.freeze_vision = False  # keep the (initialised) backbone fixed: cheaper steps

@@ -61,7 +61,9 @@ def read_run_config(workdir: str, what: str) -> ml_collections.ConfigDict:
 
 class DistillTask:
     name = "distill"
-    trainable = nnx.All(nnx.Param, nnx.PathContains("student"))
+
+    def trainable(self, config: ml_collections.ConfigDict):
+        return nnx.All(nnx.Param, nnx.PathContains("student"))  # the teacher is frozen
 
     def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> DistillModel:
         tcfg = read_run_config(config.distill.teacher_workdir, "distill.teacher_workdir")

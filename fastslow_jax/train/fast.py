@@ -35,7 +35,10 @@ def in_batch_accuracy(logits: jax.Array) -> jax.Array:
 
 class FastTask:
     name = "fast"
-    trainable = nnx.Param  # which variables the optimizer updates
+
+    def trainable(self, config: ml_collections.ConfigDict):
+        """The nnx filter of the variables the optimizer updates."""
+        return nnx.Param
 
     def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> FastModel:
         return FastModel(config.model, vocab_size=vocab_size, rngs=rngs)

@@ -65,20 +65,21 @@ class Run:
     schedule: Callable
     state_sharding: Any
     batch_sharding: NamedSharding
+    trainable: Any  # nnx filter: the variables the optimizer updates
 
     def model(self, state) -> nnx.Module:
         return nnx.merge(self.graphdef, state["params"], state["rest"])
 
     def split(self, model: nnx.Module):
         """(graphdef, trainable params, everything else) under the task's ``trainable`` filter."""
-        return nnx.split(model, self.task.trainable, ...)
+        return nnx.split(model, self.trainable, ...)
 
     def _init_fn(self):
         cfg, vocab, task, tx = self.config, self.tokenizer.vocab_size, self.task, self.tx
 
         def init():
             model = task.build_model(cfg, vocab, nnx.Rngs(cfg.seed))
-            _, params, rest = nnx.split(model, task.trainable, ...)
+            _, params, rest = nnx.split(model, self.trainable, ...)
             return {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest, "opt": tx.init(params)}
 
         return jax.jit(init, out_shardings=self.state_sharding)
@@ -102,16 +103,18 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Run:
     rules = dict(config.sharding_rules)
     tx, schedule = make_optimizer(config.optim, config.train.steps)
     abstract_model = nnx.eval_shape(lambda: task.build_model(config, tokenizer.vocab_size, nnx.Rngs(config.seed)))
-    graphdef, params, rest = nnx.split(abstract_model, task.trainable, ...)
+    trainable = task.trainable(config)
+    graphdef, params, rest = nnx.split(abstract_model, trainable, ...)
     abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "rest": rest,
                       "opt": jax.eval_shape(tx.init, params)}
     state_sharding = parallel.state_shardings(abstract_state, rules, mesh)
     bsh = parallel.batch_sharding(mesh, rules)
-    return Run(config, task, tokenizer, mesh, rules, graphdef, tx, schedule, state_sharding, bsh)
+    return Run(config, task, tokenizer, mesh, rules, graphdef, tx, schedule, state_sharding, bsh, trainable)
 
 
 def make_train_step(run: Run):
     graphdef, task, config, tx, schedule = run.graphdef, run.task, run.config, run.tx, run.schedule
+    trainable = run.trainable
 
     def train_step(state, batch, rng):
         step_rng = jax.random.fold_in(rng, state["step"])
@@ -119,7 +122,7 @@ def make_train_step(run: Run):
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["rest"], copy=True)
             loss, metrics = task.loss_fn(model, batch, step_rng, config)
-            _, _, new_rest = nnx.split(model, task.trainable, ...)
+            _, _, new_rest = nnx.split(model, trainable, ...)
             return loss, (metrics, new_rest)
 
         (_, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])

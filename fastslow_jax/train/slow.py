@@ -24,7 +24,13 @@ def captioning_loss(fwd_logp: jax.Array, bwd_logp: jax.Array, tokens: jax.Array)
 
 class SlowTask:
     name = "slow"
-    trainable = nnx.Param
+
+    def trainable(self, config: ml_collections.ConfigDict):
+        """All parameters, or all but the vision backbone when ``model.freeze_vision`` (e.g. a backbone
+        initialised from a trained Fast run with ``model.vision_init``)."""
+        if config.model.get("freeze_vision"):
+            return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("vision")))
+        return nnx.Param
 
     def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> SlowModel:
         return SlowModel(config.model, vocab_size=vocab_size, rngs=rngs)

@@ -1,0 +1,76 @@
+"""End to end on tiny configs: fast -> slow (backbone from fast) -> distill -> the pipeline table."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fastslow_jax.retrieval import evaluate
+from fastslow_jax.train import loop
+from tests.conftest import tiny_config
+
+ONE = None
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    devices = jax.devices()[:1]
+    wd = str(tmp_path_factory.mktemp("pipeline"))
+    loop.train(tiny_config("shapes_fast.py"), os.path.join(wd, "fast"), progress=False, devices=devices)
+    loop.train(tiny_config("shapes_slow.py", [f"model.vision_init={wd}/fast"]), os.path.join(wd, "slow"),
+               progress=False, devices=devices)
+    loop.train(tiny_config("shapes_distill.py", [f"distill.teacher_workdir={wd}/slow",
+                                                 f"distill.student_init={wd}/fast", "train.steps=6"]),
+               os.path.join(wd, "distill"), progress=False, devices=devices)
+    return wd
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_slow_backbone_starts_from_fast_and_distill_keeps_the_teacher_frozen(pipeline_dir):
+    devices = jax.devices()[:1]
+    fast_run, fast_state = loop.load_trained(os.path.join(pipeline_dir, "fast"), devices=devices)
+    slow_run, slow_state = loop.load_trained(os.path.join(pipeline_dir, "slow"), devices=devices)
+    d_run, d_state = loop.load_trained(os.path.join(pipeline_dir, "distill"), devices=devices)
+    # the distillation run trained the student only: its teacher equals the Slow run, bit for bit
+    for a, b in zip(_leaves(nnx.state(d_run.model(d_state).teacher)), _leaves(nnx.state(slow_run.model(slow_state)))):
+        np.testing.assert_array_equal(a, b)
+    # ... and the student moved away from the Fast run it started from
+    moved = [not np.array_equal(a, b) for a, b in zip(_leaves(nnx.state(d_run.model(d_state).student, nnx.Param)),
+                                                      _leaves(nnx.state(fast_run.model(fast_state), nnx.Param)))]
+    assert any(moved)
+    # gradients of the distillation loss never reach the teacher, even when it is differentiated
+    model = d_run.model(d_state)
+    batch = {"image": jax.random.randint(jax.random.key(0), (8, 64, 64, 3), 0, 256).astype(jnp.uint8),
+             "tokens": jnp.asarray(d_run.tokenizer(["a small red circle", "a large blue square"] * 4))}
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+        return d_run.task.loss_fn(nnx.merge(graphdef, p, rest, copy=True), batch, jax.random.key(1), d_run.config)[0]
+
+    grads = jax.grad(loss)(params)
+    assert all(np.all(g == 0) for g in _leaves(grads["teacher"]))
+    assert any(np.any(g != 0) for g in _leaves(grads["student"]))
+
+
+def test_pipeline_table_has_every_row(pipeline_dir):
+    assert evaluate.is_pipeline_workdir(pipeline_dir)
+    rows = evaluate.evaluate_pipeline(pipeline_dir, "test", ["eval.limit=32", "eval.queries_per_image=1"],
+                                      progress=lambda m: None)
+    methods = [(r["method"], r["k"], r.get("visual")) for r in rows]
+    assert ("fast", None, None) in methods and ("fast_distilled", None, None) in methods
+    assert ("slow", None, "cached") in methods
+    for m in ("fast+slow", "fast_distilled+slow"):
+        assert [k for mm, k, v in methods if mm == m and v == "cached"] == [1, 5, 10, 20]  # K <= gallery (32)
+    assert ("fast+slow", 10, "recomputed") in methods
+    assert all(r["gallery"] == 32 and r["queries"] == 32 and r["ms_per_query"] > 0 for r in rows)
+    by = {(r["method"], r["k"], r.get("visual")): r for r in rows}
+    # re-ranking the top-1 cannot change R@1, and re-scoring with recomputed features changes nothing
+    assert by[("fast+slow", 1, "cached")]["t2i_r1"] == by[("fast", None, None)]["t2i_r1"]
+    assert by[("fast+slow", 10, "recomputed")]["t2i_r1"] == by[("fast+slow", 10, "cached")]["t2i_r1"]
+    for r in rows:
+        assert set(evaluate.ROW_KEYS) <= set(r)

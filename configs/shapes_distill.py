@@ -2,6 +2,9 @@
 
 Needs a trained Slow run (the teacher) and, optionally, a trained Fast run to start the student from:
   fastslow train --config configs/shapes_distill.py --workdir runs/shapes_distill --config.distill.teacher_workdir=runs/shapes_slow --config.distill.student_init=runs/shapes_fast
+Offline top-M teacher scores instead (the teacher scores each training caption's top-M Fast candidates
+once, before training; needs student_init):
+  fastslow train --config configs/shapes_distill.py --workdir runs/shapes_distill_topm --config.distill.mode=topm --config.distill.teacher_workdir=runs/shapes_slow --config.distill.student_init=runs/shapes_fast
 Tiny variant (used by the tests, with tiny teacher and student runs):
   fastslow train --config configs/shapes_distill.py:tiny --workdir /tmp/shapes_distill_tiny --config.distill.teacher_workdir=/tmp/shapes_slow_tiny
 
@@ -21,8 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.distill = ml_collections.ConfigDict()
     c.distill.teacher_workdir = ""  # a trained `slow` run (required)
     c.distill.student_init = ""  # a trained `fast` run to start the student from ("" = from scratch)
-    c.distill.mode = "in_batch"  # in_batch: the teacher scores distill.batch_size^2 pairs per step
-    c.distill.batch_size = 8 if tiny else 32
+    c.distill.mode = "in_batch"  # in_batch: teacher scores batch_size^2 pairs per step; topm: precomputed top-M
+    c.distill.batch_size = 8 if tiny else 16  # in_batch: captions x images scored by the teacher
+    c.distill.topm = 4 if tiny else 8  # topm: candidates per caption (needs distill.student_init)
     c.distill.tau_teacher = 0.5  # on per-caption z-scored teacher log-likelihoods
     c.distill.tau_student = 0.05  # on student cosine similarities
     c.distill.weight = 1.0  # lambda

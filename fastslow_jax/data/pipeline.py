@@ -73,17 +73,25 @@ def _captions(example: dict) -> list[str]:
 
 
 class _TrainTransform(grain.transforms.RandomMap):
-    """Decode the image, pick one of its captions at random, tokenise it."""
+    """Decode the image, pick one of its captions at random, tokenise it.
 
-    def __init__(self, tokenizer: Tokenizer):
+    ``extras(record_index, caption_index)``, when given, returns more arrays for the example (e.g. a
+    distillation teacher's precomputed candidates)."""
+
+    def __init__(self, tokenizer: Tokenizer, extras=None):
         self.tokenizer = tokenizer
+        self.extras = extras
 
-    def random_map(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def random_map(self, item: tuple[int, dict], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        index, example = item
         caps = _captions(example)
         if not caps:
             raise ValueError(f"example {example.get('image_id')!r} has no caption")
-        caption = caps[int(rng.integers(len(caps)))]
-        return {"image": _decode_image(example["image"]), "tokens": self.tokenizer([caption])[0]}
+        c = int(rng.integers(len(caps)))
+        out = {"image": _decode_image(example["image"]), "tokens": self.tokenizer([caps[c]])[0]}
+        if self.extras is not None:
+            out.update(self.extras(index, c))
+        return out
 
 
 def make_tokenizer(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
@@ -91,16 +99,20 @@ def make_tokenizer(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
 
 
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, split: str | None = None,
-                  process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
-    """An infinite, deterministic MapDataset of this process's training batches."""
+                  process_index: int | None = None, process_count: int | None = None,
+                  extras=None) -> grain.MapDataset:
+    """An infinite, deterministic MapDataset of this process's training batches.
+
+    ``extras(record_index, caption_index) -> dict`` adds per-example arrays (see _TrainTransform)."""
     data_cfg = config.data
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     if config.train.batch_size % pc:
         raise ValueError(f"train.batch_size {config.train.batch_size} is not divisible by {pc} processes")
     source = get_builder(data_cfg).as_data_source(split or data_cfg.train_split)
-    ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat(None)
-    ds = ds.random_map(_TrainTransform(tokenizer), seed=config.seed + 1)
+    ds = grain.MapDataset.source(source).map_with_index(lambda i, ex: (i, ex))
+    ds = ds.shuffle(seed=config.seed).repeat(None)
+    ds = ds.random_map(_TrainTransform(tokenizer, extras), seed=config.seed + 1)
     ds = ds[pi::pc]
     return ds.batch(config.train.batch_size // pc, drop_remainder=True)
 

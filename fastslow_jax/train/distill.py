@@ -10,13 +10,16 @@ and lives in the train state as non-trainable variables: the optimizer never see
 scores are wrapped in ``stop_gradient``. ``distill.mode``:
   * ``in_batch``: the teacher scores the first ``distill.batch_size`` captions against the first
     ``distill.batch_size`` images of every batch (B_d^2 teacher passes per step);
-  * ``topm``: the teacher scores each caption's top-M Fast candidates offline
-    (``fastslow_jax.train.distill.precompute_topm``); not wired into the loop yet (see README).
-The student may start from a trained Fast run (``distill.student_init``).
+  * ``topm``: before training, the Fast run ``distill.student_init`` retrieves each training
+    caption's top-M images (exact search over the train split) and the teacher scores them; the
+    table is saved as ``WORKDIR/topm_M.npz`` (reused on resume). Each training example then carries
+    its M candidate images and their teacher scores, and the KL runs over those M candidates
+    (B * M extra student image embeddings per step, no teacher pass in the step).
+The student may start from a trained Fast run (``distill.student_init``; required for ``topm``).
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
 
 import jax
@@ -29,6 +32,9 @@ from fastslow_jax import config as config_lib
 from fastslow_jax.models.fast import FastModel
 from fastslow_jax.models.slow import SlowModel
 from fastslow_jax.train.fast import in_batch_accuracy, infonce
+
+log = logging.getLogger(__name__)
+MODES = ("in_batch", "topm")
 
 
 def zscore(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
@@ -94,19 +100,93 @@ class DistillTask:
         state = dict(state, params=params, rest=rest, opt=run.tx.init(params))
         return jax.device_put(state, run.state_sharding)
 
+    def data_extras(self, run, workdir: str):
+        """For ``topm``: the per-example candidates and teacher scores (computed once, then loaded)."""
+        dcfg = run.config.distill
+        if dcfg.mode not in MODES:
+            raise ValueError(f"unknown distill.mode {dcfg.mode!r}; choose one of {MODES}")
+        if dcfg.mode != "topm":
+            return None
+        path = os.path.join(workdir, f"topm_{int(dcfg.topm)}.npz")
+        if not os.path.exists(path):
+            precompute_topm(run.config, path)
+        return TopMExtras(run.config, path)
+
     def loss_fn(self, model: DistillModel, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict):
         dcfg = config.distill
         student, teacher = model.student, model.teacher
         img = student.encode_image(batch["image"], train=True)
         txt = student.encode_text(batch["tokens"], train=True, rngs=nnx.Rngs(dropout=rng))
         nce, logits = infonce(txt, img, student.scale(), config.loss.direction)
-        bd = min(int(dcfg.batch_size), batch["tokens"].shape[0])
-        if dcfg.mode != "in_batch":
-            raise ValueError(f"distill.mode {dcfg.mode!r} is not supported by the training loop; use 'in_batch'")
-        cache = teacher.visual_cache(batch["image"][:bd])
-        h = jax.lax.stop_gradient(teacher.score_with_cache(batch["tokens"][:bd, None], cache))  # [captions, images]
-        kl = distill_kl(h, txt[:bd] @ img[:bd].T, dcfg.tau_teacher, dcfg.tau_student)
+        metrics = {"nce": nce, "batch_t2i_acc": in_batch_accuracy(logits)}
+        if dcfg.mode == "topm":  # teacher scores precomputed over each caption's top-M Fast candidates
+            cand = batch["cand_images"]
+            b, m = cand.shape[:2]
+            cimg = student.encode_image(cand.reshape(b * m, *cand.shape[2:]), train=True).reshape(b, m, -1)
+            h = batch["teacher_scores"]
+            kl = distill_kl(h, jnp.einsum("be,bme->bm", txt, cimg), dcfg.tau_teacher, dcfg.tau_student)
+        else:  # in-batch: the teacher scores the first distill.batch_size captions x images
+            bd = min(int(dcfg.batch_size), batch["tokens"].shape[0])
+            cache = teacher.visual_cache(batch["image"][:bd])
+            h = jax.lax.stop_gradient(teacher.score_with_cache(batch["tokens"][:bd, None], cache))  # [caption, image]
+            kl = distill_kl(h, txt[:bd] @ img[:bd].T, dcfg.tau_teacher, dcfg.tau_student)
+            metrics["teacher_batch_acc"] = (jnp.argmax(h, axis=1) == jnp.arange(bd)).mean()
         loss = nce + dcfg.weight * kl
-        teacher_acc = (jnp.argmax(h, axis=1) == jnp.arange(bd)).mean()
-        return loss, {"loss": loss, "nce": nce, "kl": kl, "batch_t2i_acc": in_batch_accuracy(logits),
-                      "teacher_batch_acc": teacher_acc}
+        return loss, {"loss": loss, "kl": kl, **metrics}
+
+
+def precompute_topm(config: ml_collections.ConfigDict, path: str) -> None:
+    """Top-M Fast candidates of every training caption and their teacher scores, saved to ``path``."""
+    import numpy as np
+
+    from fastslow_jax.data.pipeline import EvalSplit
+    from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer
+    from fastslow_jax.train import loop
+
+    dcfg = config.distill
+    if not dcfg.student_init:
+        raise ValueError("distill.mode='topm' needs distill.student_init: the Fast run that retrieves the candidates")
+    m = int(dcfg.topm)
+    fast_run, fast_state = loop.load_trained(dcfg.student_init)
+    slow_run, slow_state = loop.load_trained(dcfg.teacher_workdir)
+    split = EvalSplit(config.data, config.data.train_split)
+    log.info("top-M distillation: scoring %d training captions x %d candidates with the teacher",
+             len(split.captions), m)
+    fast = FastScorer(fast_run)
+    candidates, _ = fast.search(fast_state, split.captions, fast.embed_images(fast_state, split), m)
+    slow = SlowScorer(slow_run)
+    scores, _ = slow.rerank_scores(slow_state, split.captions, candidates, cache=slow.gallery_cache(slow_state, split))
+    counts = np.bincount(split.caption_to_image, minlength=split.num_images)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, candidates=candidates.astype(np.int32), scores=scores.astype(np.float32),
+             offsets=offsets.astype(np.int64), counts=counts.astype(np.int64))
+    os.replace(tmp, path)
+
+
+class TopMExtras:
+    """Per-example arrays for top-M distillation: the caption's M candidate images and teacher scores."""
+
+    def __init__(self, config: ml_collections.ConfigDict, path: str):
+        import numpy as np
+
+        from fastslow_jax.data import pipeline
+
+        with np.load(path) as f:
+            self.candidates, self.scores = f["candidates"], f["scores"]
+            self.offsets, self.counts = f["offsets"], f["counts"]
+        self.source = pipeline.get_builder(config.data).as_data_source(config.data.train_split)
+        if len(self.offsets) != len(self.source):
+            raise ValueError(f"{path} was computed for {len(self.offsets)} training images, but the split has "
+                             f"{len(self.source)}; delete it to recompute")
+        self._decode = pipeline._decode_image
+
+    def __call__(self, index: int, caption: int) -> dict:
+        import numpy as np
+
+        if caption >= self.counts[index]:
+            raise ValueError(f"caption {caption} of training image {index} has no top-M entry")
+        row = self.offsets[index] + caption
+        cand = self.candidates[row]
+        return {"cand_images": np.stack([self._decode(self.source[int(j)]["image"]) for j in cand]),
+                "teacher_scores": self.scores[row]}

@@ -56,6 +56,10 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.eval.ks = (1, 5, 10)
     c.eval.limit = 0  # evaluate on the first N images only (0 = all)
     c.eval.queries_per_image = 0  # use the first N captions of each image as queries (0 = all)
+    # Slow scoring tiles (small tiles stay in CPU caches; on accelerators larger ones pay off)
+    c.eval.slow_query_tile = 4  # exhaustive: captions x images per call
+    c.eval.slow_image_tile = 16
+    c.eval.slow_pair_budget = 64  # re-ranking: (query, candidate) pairs per call
 
     c.rerank = ml_collections.ConfigDict()
     c.rerank.ks = (1, 5, 10, 20, 50)  # Fast top-K re-ranked by Slow (pipeline eval)

@@ -151,9 +151,9 @@ class SlowScorer(_Sharded):
         super().__init__(run)
         graphdef = run.graphdef
         ecfg = run.config.eval
-        self.query_tile = int(ecfg.get("slow_query_tile", 16))
-        self.image_tile = int(ecfg.get("slow_image_tile", 64))
-        self.pair_budget = int(ecfg.get("slow_pair_budget", 1024))
+        self.query_tile = int(ecfg.slow_query_tile)
+        self.image_tile = int(ecfg.slow_image_tile)
+        self.pair_budget = int(ecfg.slow_pair_budget)
 
         def get(model):
             return getattr(model, tower) if tower else model
@@ -165,17 +165,23 @@ class SlowScorer(_Sharded):
             # tokens [Qt, 1, L] against cache leaves [Nt, ...] (a gallery tile) or [Qt, K, ...] (candidates)
             return get(nnx.merge(graphdef, params, rest)).score_with_cache(tokens, cache)
 
-        def score_images_fn(params, rest, tokens, images):
-            # recomputed visual features: tokens [Qt, 1, L], images [Qt, K, H, W, 3]
+        def candidates_fn(params, rest, tokens, cache, cand):
+            # tokens [Qb, 1, L] against each query's cached candidates cand [Qb, K] (gathered inside the jit;
+            # the query-side work before the first cross-attention is shared by the K candidates)
+            gathered = jax.tree.map(lambda x: x[cand], cache)
+            return get(nnx.merge(graphdef, params, rest)).score_with_cache(tokens, gathered)
+
+        def candidates_images_fn(params, rest, tokens, images):
+            # recomputed visual features: tokens [Qb, 1, L], candidate images [Qb, K, H, W, 3]
             m = get(nnx.merge(graphdef, params, rest))
-            q, k = images.shape[:2]
-            cache = m.visual_cache(images.reshape(q * k, *images.shape[2:]))
-            cache = jax.tree.map(lambda x: x.reshape(q, k, *x.shape[1:]), cache)
-            return m.score_with_cache(tokens, cache)
+            qb, k = images.shape[:2]
+            cache = m.visual_cache(images.reshape(qb * k, *images.shape[2:]))
+            return m.score_with_cache(tokens, jax.tree.map(lambda x: x.reshape(qb, k, *x.shape[1:]), cache))
 
         self._cache_fn = jax.jit(cache_fn, in_shardings=(*self.params_sh, run.batch_sharding), out_shardings=self.repl)
         self._score_fn = jax.jit(score_fn)
-        self._score_images_fn = jax.jit(score_images_fn)
+        self._candidates_fn = jax.jit(candidates_fn)
+        self._candidates_images_fn = jax.jit(candidates_images_fn)
 
     def gallery_cache(self, state, split: EvalSplit):
         parts = []
@@ -184,6 +190,10 @@ class SlowScorer(_Sharded):
             parts.append(jax.tree.map(lambda x: x[:n], c))
         return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
+    def _bucket(self, length: int, max_len: int) -> int:
+        """Token length rounded up to a multiple of LENGTH_BUCKET (few compiled shapes, little padding)."""
+        return int(min(max_len, -(-int(length) // self.LENGTH_BUCKET) * self.LENGTH_BUCKET))
+
     def _length_sorted_batches(self, texts: Sequence[str], batch: int):
         """Token batches [batch, L_bucket] (padded by repeating row 0), with the query indices they hold."""
         tokens = self.run.tokenizer(list(texts))
@@ -191,8 +201,7 @@ class SlowScorer(_Sharded):
         order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
-            bucket = int(min(tokens.shape[1], -(-int(lengths[idx].max()) // self.LENGTH_BUCKET) * self.LENGTH_BUCKET))
-            tok = tokens[idx, :bucket]
+            tok = tokens[idx, :self._bucket(lengths[idx].max(), tokens.shape[1])]
             if len(idx) < batch:
                 tok = np.concatenate([tok, np.repeat(tok[:1], batch - len(idx), axis=0)])
             yield idx, tok
@@ -207,10 +216,11 @@ class SlowScorer(_Sharded):
         tiles = [jax.tree.map(lambda x: x[s:s + nt], padded) for s in range(0, n + pad, nt)]
         scores = np.zeros((len(split.captions), n), np.float32)
         p, r = state["params"], state["rest"]
-        warm = next(self._length_sorted_batches(split.captions[:1], self.query_tile))[1]
-        jax.block_until_ready(self._score_fn(p, r, jnp.asarray(warm)[:, None], tiles[0]))
+        batches = list(self._length_sorted_batches(split.captions, self.query_tile))
+        for tok in {b.shape[1]: b for _, b in batches}.values():  # compile every length bucket before timing
+            jax.block_until_ready(self._score_fn(p, r, jnp.asarray(tok)[:, None], tiles[0]))
         t0 = time.perf_counter()
-        for idx, tok in self._length_sorted_batches(split.captions, self.query_tile):
+        for idx, tok in batches:
             tok = jnp.asarray(tok)[:, None]
             row = np.concatenate([np.asarray(self._score_fn(p, r, tok, t)) for t in tiles], axis=1)
             scores[idx] = row[: len(idx), :n]
@@ -221,11 +231,14 @@ class SlowScorer(_Sharded):
                       split: EvalSplit | None = None) -> tuple[np.ndarray, float]:
         """Slow scores [Q, K] of each query's K candidate images, and ms per query.
 
-        With ``cache`` (from ``gallery_cache``) the candidates' visual keys/values are gathered;
-        without, their images are read from ``split`` and their visual features recomputed."""
+        Queries are scored in batches of about ``eval.slow_pair_budget / K`` (ordered by caption
+        length, one compiled shape per length bucket), each against its own K candidates. With
+        ``cache`` (from ``gallery_cache``) the candidates' visual keys/values are gathered; without,
+        their images are read from ``split`` and their visual features recomputed for every query."""
         q, k = candidates.shape
-        qb = max(1, self.pair_budget // k)
-        out = np.zeros((q, k), np.float32)
+        budget = self.pair_budget if cache is not None else max(8, self.pair_budget // 8)
+        qb = min(max(1, budget // k), -(-q // 8) * 8)  # small jobs are not padded to the full budget
+        batches = list(self._length_sorted_batches(texts, qb))
         p, r = state["params"], state["rest"]
 
         def run(idx, tok):
@@ -234,14 +247,15 @@ class SlowScorer(_Sharded):
                 cand = np.concatenate([cand, np.repeat(cand[:1], qb - len(idx), axis=0)])
             tok = jnp.asarray(tok)[:, None]
             if cache is not None:
-                return self._score_fn(p, r, tok, jax.tree.map(lambda x: x[jnp.asarray(cand)], cache))
-            images = split.images(cand.reshape(-1)).reshape(*cand.shape, *split.images([0]).shape[1:])
-            return self._score_images_fn(p, r, tok, jnp.asarray(images))
+                return self._candidates_fn(p, r, tok, cache, jnp.asarray(cand))
+            images = split.images(cand.reshape(-1))
+            return self._candidates_images_fn(p, r, tok, jnp.asarray(images.reshape(*cand.shape, *images.shape[1:])))
 
-        first = next(self._length_sorted_batches(texts[:1], qb))
-        jax.block_until_ready(run(np.asarray([0]), first[1]))
+        for idx, tok in {t.shape[1]: (i, t) for i, t in batches}.values():  # compile each length bucket first
+            jax.block_until_ready(run(idx, tok))
+        out = np.zeros((q, k), np.float32)
         t0 = time.perf_counter()
-        for idx, tok in self._length_sorted_batches(texts, qb):
+        for idx, tok in batches:
             out[idx] = np.asarray(run(idx, tok))[: len(idx)]
         return out, 1000.0 * (time.perf_counter() - t0) / max(q, 1)
 

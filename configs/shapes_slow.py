@@ -1,9 +1,12 @@
 """Slow model (bidirectional captioner with fine-grained cross-attention) on `shapes`.
 
-Run (about 4 minutes of training on 2 CPU cores):
-  fastslow train --config configs/shapes_slow.py --workdir runs/shapes_slow
+Run (about 5 minutes of training on 2 CPU cores), with the backbone started from a trained Fast run
+(configs/shapes_fast.py), as the paper starts from a pretrained backbone:
+  fastslow train --config configs/shapes_slow.py --workdir runs/shapes_slow --config.model.vision_init=runs/shapes_fast
 The last-map-only ablation (every decoder layer attends P5, the coarsest map):
-  fastslow train --config configs/shapes_slow.py --workdir runs/shapes_slow_lastmap --config.model.slow.levels=P5,P5,P5
+  fastslow train --config configs/shapes_slow.py --workdir runs/shapes_slow_lastmap --config.model.vision_init=runs/shapes_fast --config.model.slow.levels=P5,P5,P5
+Exhaustive Slow retrieval on the test split (Q x N decoder passes: keep the gallery small on a CPU):
+  fastslow eval --workdir runs/shapes_slow --split test --config.eval.limit=300 --config.eval.queries_per_image=1
 
 Tiny variant (seconds; used by the tests):
   fastslow train --config configs/shapes_slow.py:tiny --workdir /tmp/shapes_slow_tiny

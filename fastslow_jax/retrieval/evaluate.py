@@ -372,8 +372,8 @@ def evaluate_pipeline(workdir: str, split_name: str | None = None, overrides: Se
     split = load_split(any_run.config, split_name)
     for name, method in (("fast", "fast"), ("distill", "fast_distilled")):
         if name in runs:
-            run, state = runs[name]
-            scorer = FastScorer(run, "student" if name == "distill" else None)
+            run, state = runs[name]  # a Fast run, or a distillation run (its student; weight 0 = the control)
+            scorer = FastScorer(run, "student" if run.config.task == "distill" else None)
             row, scores = scorer.evaluate(state, split, method)
             rows.append(row)
             progress(f"{method}: t2i R@1 {row['t2i_r1']:.1f}")

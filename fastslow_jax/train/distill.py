@@ -119,7 +119,9 @@ class DistillTask:
         txt = student.encode_text(batch["tokens"], train=True, rngs=nnx.Rngs(dropout=rng))
         nce, logits = infonce(txt, img, student.scale(), config.loss.direction)
         metrics = {"nce": nce, "batch_t2i_acc": in_batch_accuracy(logits)}
-        if dcfg.mode == "topm":  # teacher scores precomputed over each caption's top-M Fast candidates
+        if dcfg.weight == 0:  # plain InfoNCE (the control run for a distillation): skip the teacher entirely
+            kl = jnp.zeros((), jnp.float32)
+        elif dcfg.mode == "topm":  # teacher scores precomputed over each caption's top-M Fast candidates
             cand = batch["cand_images"]
             b, m = cand.shape[:2]
             cimg = student.encode_image(cand.reshape(b * m, *cand.shape[2:]), train=True).reshape(b, m, -1)

@@ -10,7 +10,6 @@ import logging
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,3 @@ class Checkpointer:
         self._mngr.wait_until_finished()
         self._mngr.close()
 
-
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) describing ``tree``."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

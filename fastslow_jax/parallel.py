@@ -93,10 +93,3 @@ def host_to_global(local_batch: Any, sharding: NamedSharding) -> Any:
     """Assemble each process's rows of a batch into global arrays sharded along the batch axis."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
-
-def to_host(tree: Any) -> Any:
-    """Fully replicated numpy copies of (possibly sharded, multi-host) arrays."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.tree.map(np.asarray, tree)

@@ -1,5 +1,4 @@
 import jax
-import ml_collections
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P

@@ -25,7 +25,6 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import nnx
 
 from fastslow_jax import config as config_lib

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from fastslow_jax.data import pipeline, shapes
-from fastslow_jax.data.tokenizer import Tokenizer
 from tests.conftest import tiny_config
 
 

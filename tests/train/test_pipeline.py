@@ -12,7 +12,6 @@ from fastslow_jax.retrieval import evaluate
 from fastslow_jax.train import loop
 from tests.conftest import tiny_config
 
-ONE = None
 
 
 @pytest.fixture(scope="module")

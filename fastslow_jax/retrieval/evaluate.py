@@ -74,14 +74,6 @@ class _Sharded:
         pi = jax.process_index()
         return parallel.host_to_global(batch[pi * rows:(pi + 1) * rows], self.run.batch_sharding)
 
-    def _model_fn(self, method: str):
-        graphdef = self.run.graphdef
-
-        def fn(params, rest, x):
-            return getattr(nnx.merge(graphdef, params, rest), method)(x)
-
-        return jax.jit(fn, in_shardings=(*self.params_sh, self.run.batch_sharding), out_shardings=self.repl)
-
 
 class FastScorer(_Sharded):
     """Embeds splits with the Fast towers of a Run (a Fast model, or a distillation student)."""
@@ -133,13 +125,14 @@ class FastScorer(_Sharded):
         ms = 1000.0 * (time.perf_counter() - t0) / max(len(texts), 1)
         return np.concatenate([np.asarray(i) for _, i in out]), ms
 
-    def evaluate(self, state, split: EvalSplit, method: str = "fast", *, timing: bool = True) -> tuple[dict, np.ndarray]:
-        """(row, full score matrix [Q, N]) for exact Fast retrieval on ``split``."""
+    def evaluate(self, state, split: EvalSplit, method: str = "fast", *,
+                 timing: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+        """(row, full score matrix [Q, N], gallery embeddings [N, E]) for exact Fast retrieval on ``split``."""
         img = self.embed_images(state, split)
         txt = self.embed_texts(state, split.captions)
         scores = np.asarray(jax.jit(lambda a, b: a @ b.T)(txt, img))
         ms = self.search(state, split.captions, img, 10)[1] if timing else None
-        return _row(self.run.config, split, method, scores, ms=ms), scores
+        return _row(self.run.config, split, method, scores, ms=ms), scores, img
 
 
 class SlowScorer(_Sharded):
@@ -368,16 +361,16 @@ def evaluate_pipeline(workdir: str, split_name: str | None = None, overrides: Se
     any_run = next(iter(runs.values()))[0]
     split_name = split_name or any_run.config.data.test_split
     rows: list[dict] = []
-    fast_like = {}  # method -> (scorer, state, test scores [Q, N], ms per query)
+    fast_like = {}  # method -> (scorer, state, test scores [Q, N], gallery embeddings [N, E])
     split = load_split(any_run.config, split_name)
     for name, method in (("fast", "fast"), ("distill", "fast_distilled")):
         if name in runs:
             run, state = runs[name]  # a Fast run, or a distillation run (its student; weight 0 = the control)
             scorer = FastScorer(run, "student" if run.config.task == "distill" else None)
-            row, scores = scorer.evaluate(state, split, method)
+            row, scores, gallery = scorer.evaluate(state, split, method)
             rows.append(row)
             progress(f"{method}: t2i R@1 {row['t2i_r1']:.1f}")
-            fast_like[method] = (scorer, state, scores, row["ms_per_query"])
+            fast_like[method] = (scorer, state, scores, gallery)
     for name in ("slow", "slow_lastmap"):
         if name in runs:
             run, state = runs[name]
@@ -398,17 +391,16 @@ def _rerank_rows(slow_run_state, fast_like: dict, split: EvalSplit, progress) ->
     val = load_split(cfg, cfg.data.val_split) if cfg.rerank.alpha < 0 else None
     val_cache = slow.gallery_cache(state, val) if val is not None else None
     rows = []
-    for method, (scorer, fstate, scores, fast_ms) in fast_like.items():
+    for method, (scorer, fstate, scores, gallery) in fast_like.items():
         alphas = {k: float(cfg.rerank.alpha) for k in ks}
         if val is not None:  # choose alpha per K on validation, never on the test split
-            vrow, vscores = scorer.evaluate(fstate, val, timing=False)
+            _, vscores, _ = scorer.evaluate(fstate, val, timing=False)
             vcand = np.argsort(-vscores, axis=1, kind="stable")[:, : max(ks)]
             vslow, _ = slow.rerank_scores(state, val.captions, vcand, cache=val_cache)
             for k in ks:
                 alphas[k] = choose_alpha(vscores, vcand[:, :k], vslow[:, :k], val.caption_to_image,
                                          tuple(cfg.rerank.alpha_grid))
-        img = scorer.embed_images(fstate, split)
-        cand_all, fast_ms = scorer.search(fstate, split.captions, img, max(ks))
+        cand_all, fast_ms = scorer.search(fstate, split.captions, gallery, max(ks))
         for k in ks:
             cand = cand_all[:, :k]
             slow_scores, slow_ms = slow.rerank_scores(state, split.captions, cand, cache=cache)

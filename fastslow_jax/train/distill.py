@@ -95,9 +95,7 @@ class DistillTask:
             if scfg.task != "fast":
                 raise ValueError(f"distill.student_init {dcfg.student_init!r} holds a {scfg.task!r} run, not 'fast'")
             loop.load_submodule(model.student, dcfg.student_init, what="distill.student_init", devices=devices)
-        _, params, rest = run.split(model)
-        state = dict(state, params=params, rest=rest, opt=run.tx.init(params))
-        return jax.device_put(state, run.state_sharding)
+        return run.with_model(state, model)
 
     def data_extras(self, run, workdir: str):
         """For ``topm``: the per-example candidates and teacher scores (computed once, then loaded)."""

@@ -84,6 +84,12 @@ class Run:
 
         return jax.jit(init, out_shardings=self.state_sharding)
 
+    def with_model(self, state, model: nnx.Module):
+        """``state`` with ``model``'s variables (e.g. after loading pretrained weights into it) and a fresh
+        optimizer state, placed on the state shardings."""
+        _, params, rest = self.split(model)
+        return jax.device_put(dict(state, params=params, rest=rest, opt=self.tx.init(params)), self.state_sharding)
+
     def init_state(self):
         """A freshly initialised train state, created directly on its shardings."""
         with jax.set_mesh(self.mesh):

@@ -46,8 +46,7 @@ class SlowTask:
         model = run.model(state)
         loop.load_submodule(model.vision, init, "vision", what="model.vision_init",
                             devices=run.mesh.devices.ravel().tolist())
-        _, params, rest = run.split(model)
-        return jax.device_put(dict(state, params=params, rest=rest, opt=run.tx.init(params)), run.state_sharding)
+        return run.with_model(state, model)
 
     def loss_fn(self, model: SlowModel, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict):
         cache = model.visual_cache(batch["image"], train=True)

@@ -43,7 +43,7 @@ def test_rerank_with_k_equal_to_the_gallery_reproduces_slow_exhaustive(fresh_run
     assert split.num_images == 24 and len(split.captions) == 48
     slow = SlowScorer(slow_run)
     exhaustive, _ = slow.exhaustive(slow_state, split)
-    fast_row, fast_scores = FastScorer(fast_run).evaluate(fast_state, split, timing=False)
+    _, fast_scores, _ = FastScorer(fast_run).evaluate(fast_state, split, timing=False)
     cand = np.argsort(-fast_scores, axis=1, kind="stable")  # K = N: every image is a candidate
     cache = slow.gallery_cache(slow_state, split)
     rescored, _ = slow.rerank_scores(slow_state, split.captions, cand, cache=cache)

@@ -26,8 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.distill.student_init = ""  # a trained `fast` run to start the student from ("" = from scratch)
     c.distill.mode = "in_batch"  # in_batch: teacher scores batch_size^2 pairs per step; topm: precomputed top-M
     c.distill.batch_size = 8 if tiny else 16  # in_batch: captions x images scored by the teacher
+    c.distill.in_batch_topm = 0  # in_batch: > 0 = each caption vs its image + the student's M-1 hardest in the batch
     c.distill.topm = 4 if tiny else 8  # topm: candidates per caption (needs distill.student_init)
     c.distill.tau_teacher = 0.5  # on per-caption z-scored teacher log-likelihoods
-    c.distill.tau_student = 0.05  # on student cosine similarities
+    c.distill.tau_student = 0.05  # on student cosine similarities; <= 0: the student's learned temperature
     c.distill.weight = 1.0  # lambda
     return c

@@ -2,14 +2,18 @@
 
 For the captions i and images j of a distillation batch:
   p_T(j|i) = softmax_j(z_i(h(x_j, y_i)) / tau_T)    teacher: Slow log-likelihoods, z-scored per caption
-  p_S(j|i) = softmax_j(s(x_j, y_i) / tau_S)         student: Fast cosine similarities
+  p_S(j|i) = softmax_j(s(x_j, y_i) / tau_S)         student: Fast cosine similarities (tau_S <= 0: the
+                                                    student's own learned temperature, as in its InfoNCE)
   L = L_NCE(full batch) + lambda * KL(p_T || p_S)
 
 The teacher is loaded from its training workdir (``distill.teacher_workdir``) when the run starts
 and lives in the train state as non-trainable variables: the optimizer never sees it, and its
 scores are wrapped in ``stop_gradient``. ``distill.mode``:
   * ``in_batch``: the teacher scores the first ``distill.batch_size`` captions against the first
-    ``distill.batch_size`` images of every batch (B_d^2 teacher passes per step);
+    ``distill.batch_size`` images of every batch (B_d^2 teacher passes per step); with
+    ``distill.in_batch_topm`` M > 0, each of those captions is scored against its own image and the
+    M - 1 other images of the whole batch the student currently ranks highest (in-batch hard
+    negatives; B_d * M teacher passes per step);
   * ``topm``: before training, the Fast run ``distill.student_init`` retrieves each training
     caption's top-M images (exact search over the train split) and the teacher scores them; the
     table is saved as ``WORKDIR/topm_M.npz`` (reused on resume). Each training example then carries
@@ -116,6 +120,10 @@ class DistillTask:
         txt = student.encode_text(batch["tokens"], train=True, rngs=nnx.Rngs(dropout=rng))
         nce, logits = infonce(txt, img, student.scale(), config.loss.direction)
         metrics = {"nce": nce, "batch_t2i_acc": in_batch_accuracy(logits)}
+        if dcfg.tau_student > 0:
+            s_scale, s_tau = 1.0, float(dcfg.tau_student)
+        else:  # the student's learned InfoNCE temperature (held fixed by the KL: only InfoNCE moves it)
+            s_scale, s_tau = jax.lax.stop_gradient(student.scale()), 1.0
         if dcfg.weight == 0:  # plain InfoNCE (the control run for a distillation): skip the teacher entirely
             kl = jnp.zeros((), jnp.float32)
         elif dcfg.mode == "topm":  # teacher scores precomputed over each caption's top-M Fast candidates
@@ -123,12 +131,25 @@ class DistillTask:
             b, m = cand.shape[:2]
             cimg = student.encode_image(cand.reshape(b * m, *cand.shape[2:]), train=True).reshape(b, m, -1)
             h = batch["teacher_scores"]
-            kl = distill_kl(h, jnp.einsum("be,bme->bm", txt, cimg), dcfg.tau_teacher, dcfg.tau_student)
+            kl = distill_kl(h, jnp.einsum("be,bme->bm", txt, cimg) * s_scale, dcfg.tau_teacher, s_tau)
+        elif int(dcfg.get("in_batch_topm", 0)) > 0:  # in-batch hard negatives
+            # each of the first distill.batch_size captions against its own image and the student's
+            # top-(M-1) other images of the whole batch; the teacher scores these B_d x M pairs
+            b = batch["tokens"].shape[0]
+            bd, m = min(int(dcfg.batch_size), b), min(int(dcfg.in_batch_topm), b)
+            sims = txt[:bd] @ img.T  # [B_d, B]
+            others = jnp.where(jnp.arange(b)[None] == jnp.arange(bd)[:, None], -jnp.inf, sims)
+            _, hard = jax.lax.top_k(jax.lax.stop_gradient(others), m - 1)
+            cand = jnp.concatenate([jnp.arange(bd)[:, None], hard], axis=1)  # [B_d, M], the positive first
+            cache = jax.tree.map(lambda x: x[cand], teacher.visual_cache(batch["image"]))
+            h = jax.lax.stop_gradient(teacher.score_with_cache(batch["tokens"][:bd, None], cache))  # [B_d, M]
+            kl = distill_kl(h, jnp.take_along_axis(sims, cand, axis=1) * s_scale, dcfg.tau_teacher, s_tau)
+            metrics["teacher_batch_acc"] = (jnp.argmax(h, axis=1) == 0).mean()
         else:  # in-batch: the teacher scores the first distill.batch_size captions x images
             bd = min(int(dcfg.batch_size), batch["tokens"].shape[0])
             cache = teacher.visual_cache(batch["image"][:bd])
             h = jax.lax.stop_gradient(teacher.score_with_cache(batch["tokens"][:bd, None], cache))  # [caption, image]
-            kl = distill_kl(h, txt[:bd] @ img[:bd].T, dcfg.tau_teacher, dcfg.tau_student)
+            kl = distill_kl(h, (txt[:bd] @ img[:bd].T) * s_scale, dcfg.tau_teacher, s_tau)
             metrics["teacher_batch_acc"] = (jnp.argmax(h, axis=1) == jnp.arange(bd)).mean()
         loss = nce + dcfg.weight * kl
         return loss, {"loss": loss, "kl": kl, **metrics}

@@ -37,3 +37,62 @@ def test_kl_gradient_never_reaches_teacher_scores():
     g_student = jax.grad(lambda s: distill_kl(teacher, s, 0.5, 0.1))(student)
     assert np.all(np.asarray(g_teacher) == 0)
     assert np.abs(np.asarray(g_student)).sum() > 0
+
+
+def _tiny_distill_model(batch_size=6):
+    """A random-weight student and teacher from the tiny configs, and a real tiny batch of shapes."""
+    from flax import nnx
+
+    from tests.conftest import tiny_config
+    from fastslow_jax.models.fast import FastModel
+    from fastslow_jax.models.slow import SlowModel
+    from fastslow_jax.train.distill import DistillModel
+
+    cfg = tiny_config("shapes_distill.py")
+    slow_cfg = tiny_config("shapes_slow.py")
+    vocab = 131
+    model = DistillModel(FastModel(cfg.model, vocab_size=vocab, rngs=nnx.Rngs(0)),
+                         SlowModel(slow_cfg.model, vocab_size=vocab, rngs=nnx.Rngs(1)))
+    # a random-init teacher barely looks at the image (its scores differ by ~1e-3 between images, the
+    # size of float32 noise after z-scoring): amplify the cross-attention so that images matter
+    for dec in (model.teacher.fwd, model.teacher.bwd):
+        for layer in dec.layers:
+            for lin in (layer.cross_attention.value, layer.cross_attention.out):
+                lin.kernel[...] = lin.kernel[...] * 20.0
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(5, vocab, (batch_size, 12)).astype(np.int32)
+    tokens[:, 0], tokens[:, -1] = 2, 3
+    tokens[1, 8:] = 0  # a shorter caption
+    batch = {"image": rng.integers(0, 255, (batch_size, 32, 32, 3)).astype(np.uint8), "tokens": tokens}
+    return cfg, model, batch
+
+
+def test_in_batch_hard_negatives_pick_the_students_hardest_and_score_them_with_the_teacher():
+    from flax import nnx
+
+    from fastslow_jax.train.distill import DistillTask
+
+    cfg, model, batch = _tiny_distill_model()
+    cfg.distill.weight, cfg.distill.batch_size, cfg.distill.tau_student = 1.0, 4, -1.0
+    task, key = DistillTask(), jax.random.key(0)
+    # independent reference: explicit (image, caption) pairs through the teacher's aligned-pair score,
+    # the student's similarities and its learned scale
+    img = model.student.encode_image(batch["image"], train=True)
+    txt = model.student.encode_text(batch["tokens"], train=True)
+    sims = np.asarray(txt[:4] @ img.T)
+    scale = float(model.student.scale())
+    teacher_score = nnx.jit(lambda t, images, tokens: t.score(images, tokens))
+    for m in (6, 3):  # 6 = the whole batch (every image a candidate), 3 = the positive and the 2 hardest
+        cfg.distill.in_batch_topm = m
+        _, metrics = nnx.jit(lambda mdl, b: task.loss_fn(mdl, b, key, cfg))(model, batch)
+        cand = []
+        for i in range(4):
+            others = [j for j in np.argsort(-sims[i], kind="stable") if j != i]
+            cand.append([i] + others[: m - 1])
+        cand = np.asarray(cand)
+        h = np.asarray(teacher_score(model.teacher, batch["image"][cand.ravel()],
+                                     np.repeat(batch["tokens"][:4], m, axis=0))).reshape(4, m)
+        s = np.take_along_axis(sims, cand, axis=1) * scale
+        want = float(distill_kl(jnp.asarray(h), jnp.asarray(s), float(cfg.distill.tau_teacher), 1.0))
+        assert float(metrics["kl"]) == pytest.approx(want, rel=2e-3)
+        assert want > 1e-3

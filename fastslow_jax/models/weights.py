@@ -316,7 +316,7 @@ def assign(module: nnx.Module, entries: Iterable[Entry], *, source: str, unexpec
             f"{show('unexpected', unexpected)}; {show('mis-shaped', misshaped)}")
     for e in entries:
         var = targets[e.path]
-        var.value = np.asarray(e.value, dtype=var.value.dtype)
+        var.set_value(np.asarray(e.value, dtype=var.get_value().dtype))
     return missing
 
 
@@ -541,3 +541,71 @@ def clip_text_config(path: str) -> dict:
                 mlp_dim=t["intermediate_size"], max_len=t["max_position_embeddings"], vocab_size=t["vocab_size"],
                 ln_eps=t.get("layer_norm_eps", 1e-5), act=t.get("hidden_act", "quick_gelu"),
                 eos_token_id=t.get("eos_token_id", 2), projection_dim=c.get("projection_dim"))
+
+
+# ------------------------------------------------------------------------------------ loading into models
+
+def load_vision(backbone: nnx.Module, name: str, spec: str) -> str:
+    """Load ``spec`` (a path or a PACKAGED name) into a backbone built for ``model.vision.name`` = ``name``.
+    Classifier heads are loaded when the module has one (EfficientNet-Lite) and ignored otherwise."""
+    path = resolve(spec, what="model.vision.pretrained")
+    ckpt = read_checkpoint(path)
+    if name == "resnet50":
+        entries, unexpected = resnet_entries(ckpt)
+    elif name.startswith("efficientnet_lite"):
+        entries, unexpected = efficientnet_entries(ckpt)
+    elif name == "clip_vit":
+        entries, unexpected = clip_vision_entries(ckpt)
+        if not entries:
+            raise CheckpointError(f"{path} holds no vision_model.* keys: is it a CLIPModel checkpoint?")
+    else:
+        raise CheckpointError(f"model.vision.name {name!r} has no pretrained-weight importer")
+    assign(backbone, entries, source=path, unexpected=unexpected)
+    return path
+
+
+def load_text(tower: nnx.Module, name: str, spec: str) -> str:
+    path = resolve(spec, what="model.text.pretrained")
+    ckpt = read_checkpoint(path)
+    if name == "clip":
+        entries, unexpected = clip_text_entries(ckpt)
+        if not entries:
+            raise CheckpointError(f"{path} holds no text_model.* keys: is it a CLIPModel checkpoint?")
+    else:
+        entries, unexpected = bert_entries(ckpt)
+    assign(tower, entries, source=path, unexpected=unexpected)
+    return path
+
+
+def load_pretrained(model: nnx.Module, cfg) -> list[str]:
+    """Initialise a FastModel's towers from ``cfg.vision.pretrained`` / ``cfg.text.pretrained`` (``cfg`` =
+    ``config.model``). For CLIP towers the checkpoint's ``visual_projection`` / ``text_projection`` and
+    ``logit_scale`` also initialise Fast's projections and temperature (``embed_dim`` must equal the
+    checkpoint's ``projection_dim``). Returns what was loaded, for the log."""
+    done = []
+    v, t = cfg.vision.get("pretrained", ""), cfg.text.get("pretrained", "")
+    if v:
+        path = load_vision(model.vision, cfg.vision.name, v)
+        done.append(f"vision <- {path}")
+        if cfg.vision.name == "clip_vit":
+            done += _clip_head(model, "image_proj", "visual_projection", path)
+    if t:
+        name = cfg.text.get("name", "bert")
+        path = load_text(model.text, name, t)
+        done.append(f"text <- {path}")
+        if name == "clip":
+            done += _clip_head(model, "text_proj", "text_projection", path)
+    return done
+
+
+def _clip_head(model, attr: str, key: str, path: str) -> list[str]:
+    ckpt = read_checkpoint(path)
+    entries, _ = clip_projection_entries(ckpt, key, 0)
+    if not entries:
+        return []
+    assign(getattr(model, attr), entries, source=f"{path} ({key})")
+    out = [f"{attr} <- {key}"]
+    if "logit_scale" in ckpt and hasattr(model, "logit_scale"):
+        model.logit_scale.set_value(np.asarray(ckpt["logit_scale"], np.float32).reshape(()))
+        out.append("logit_scale <- logit_scale")
+    return out

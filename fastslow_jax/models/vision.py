@@ -59,11 +59,13 @@ PREPROCESSING: dict[str, Preprocessing] = {
 
 
 def preprocessing(cfg: ml_collections.ConfigDict) -> Preprocessing:
-    """The convention for ``model.vision``: the tower's table entry, with ``mean`` / ``std`` / ``image_size``
-    taken from the config where it sets them (shapes configs do; pretrained configs leave them empty)."""
+    """The convention for ``model.vision``: the tower's table entry (crop = ``image_size`` if set, resize
+    scaled alike); ``mean`` / ``std`` from the config unless ``pretrained`` is set (then the checkpoint's)."""
     base = PREPROCESSING.get(cfg.name, Preprocessing(0, 0, (0.5,) * 3, (0.25,) * 3))
     crop = cfg.get("image_size", 0) or base.crop
     resize = round(crop * base.resize / base.crop) if base.crop else 0
+    if cfg.get("pretrained", ""):  # the checkpoint's convention wins over the from-scratch fields
+        return dataclasses.replace(base, resize=resize, crop=crop)
     return dataclasses.replace(base, resize=resize, crop=crop, mean=tuple(cfg.get("mean", ()) or base.mean),
                                std=tuple(cfg.get("std", ()) or base.std))
 
@@ -184,7 +186,7 @@ class ResNet(nnx.Module):
                 blocks.append(Bottleneck(in_ch, width, 2 if (j == 0 and i > 0) else 1, dtype=dtype, rngs=rngs))
                 in_ch = width * 4
             self.stages.append(blocks)
-        self.channels = {"C3": base * 32, "C4": base * 64, "C5": base * 128}
+        self.channels = {"C3": base * 8, "C4": base * 16, "C5": base * 32}
 
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         x = normalize_images(images, self.mean, self.std, self.dtype)

@@ -248,8 +248,48 @@ def test_clip_towers_match_transformers_clip_and_initialise_fast(small_clip):
 
 def test_clip_checkpoint_into_the_wrong_tower_fails_clearly(small_clip):
     _, path = small_clip
-    net = vision.build_backbone(ml_collections.ConfigDict(dict(name="resnet50", base_width=8, stage_sizes=(1, 1, 1, 1))),
-                                rngs=nnx.Rngs(0))
+    cfg = ml_collections.ConfigDict(dict(name="resnet50", base_width=8, stage_sizes=(1, 1, 1, 1)))
+    net = nnx.eval_shape(lambda: vision.build_backbone(cfg, rngs=nnx.Rngs(0)))  # shapes suffice: nothing is written
     with pytest.raises(weights.CheckpointError, match=r"clip does not fit ResNet: 85 missing \[stages.0.0.bn1.bias, .*\]; \d+ "
                                                       r"unexpected \[logit_scale, text_model.*; 0 mis-shaped$"):
         weights.load_vision(net, "resnet50", path)
+
+
+def test_config_keys_initialise_the_fast_task(tmp_path):
+    """model.text.pretrained (a BERT checkpoint dir) and model.vision.pretrained (a ResNet safetensors file)
+    through the loop's initialize hook: the train state holds the checkpoints' tensors; the text
+    architecture comes from the checkpoint's config.json. Small random checkpoints keep the jitted init
+    cheap (the shapes tokenizer's ids fit the small BERT vocabulary)."""
+    from safetensors.numpy import save_file
+    from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
+    from tests.conftest import tiny_config
+
+    from fastslow_jax.train import loop
+
+    torch.manual_seed(0)
+    bcfg = BertConfig(vocab_size=200, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=48, max_position_embeddings=64)
+    d = tmp_path / "bert"
+    d.mkdir()
+    bert = {k: v.numpy().copy() for k, v in BertModel(bcfg).state_dict().items()}
+    save_file(bert, str(d / "model.safetensors"))
+    bcfg.to_json_file(str(d / "config.json"))
+    resnet = ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1]))
+    _randomise_batchnorm(resnet)
+    lite = {k: v.numpy().copy() for k, v in resnet.state_dict().items()}
+    save_file(lite, str(tmp_path / "resnet.safetensors"))
+    cfg = tiny_config(overrides=[f"model.text.pretrained={d}", "model.vision.name=resnet50",
+                                 f"model.vision.pretrained={tmp_path / 'resnet.safetensors'}",
+                                 "model.vision.base_width=8", "model.vision.stage_sizes=1,1,1,1"])
+    run = loop.setup(cfg, devices=jax.devices()[:1])
+    state = run.task.initialize(run, run.init_state())
+    model = run.model(state)
+    assert np.array_equal(np.asarray(model.text.embeddings.word.embedding[...]), bert["embeddings.word_embeddings.weight"])
+    assert np.array_equal(np.asarray(model.text.layers[1].mlp.output.kernel[...]),
+                          bert["encoder.layer.1.output.dense.weight"].T)
+    assert np.array_equal(np.asarray(model.vision.stages[2][0].conv2.kernel[...]),
+                          lite["encoder.stages.2.layers.0.layer.1.convolution.weight"].transpose(2, 3, 1, 0))
+    assert np.array_equal(np.asarray(model.vision.stages[3][0].proj_bn.var[...]),
+                          lite["encoder.stages.3.layers.0.shortcut.normalization.running_var"])
+    assert model.text_proj.kernel.shape == (24, cfg.model.embed_dim) and model.image_proj.kernel.shape[0] == 256
+    assert model.vision.mean == vision.IMAGENET_MEAN  # the checkpoint's normalisation, not the shapes config's

@@ -516,7 +516,7 @@ def clip_text_entries(ckpt):
     return _convert(sub, CLIP_TEXT_RULES, [r"embeddings\.position_ids$"], strip=("text_model.",))
 
 
-def clip_projection_entries(ckpt, name: str, width: int):
+def clip_projection_entries(ckpt, name: str):
     """``visual_projection`` / ``text_projection`` (no bias) onto one of Fast's projections (zero bias)."""
     key = f"{name}.weight"
     if key not in ckpt:
@@ -600,7 +600,7 @@ def load_pretrained(model: nnx.Module, cfg) -> list[str]:
 
 def _clip_head(model, attr: str, key: str, path: str) -> list[str]:
     ckpt = read_checkpoint(path)
-    entries, _ = clip_projection_entries(ckpt, key, 0)
+    entries, _ = clip_projection_entries(ckpt, key)
     if not entries:
         return []
     assign(getattr(model, attr), entries, source=f"{path} ({key})")

@@ -39,8 +39,8 @@ def test_minilm_matches_transformers_bert_and_its_published_similarity():
         want = ref(input_ids=torch.tensor(batch["input_ids"]),
                    attention_mask=torch.tensor(batch["attention_mask"])).last_hidden_state.numpy()
     real = batch["attention_mask"].astype(bool)
-    diff = np.abs(ours - want)[real].max()
-    print(f"MiniLM max abs diff vs BertModel over real tokens: {diff:.2e}")
+    diff = np.abs(ours - want).max()  # every position, padding included
+    print(f"MiniLM max abs diff vs BertModel (all positions): {diff:.2e}; max |ref| {np.abs(want).max():.2f}")
     assert diff <= 1e-4
     pooled = (ours * real[..., None]).sum(1) / real.sum(1, keepdims=True)
     pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)

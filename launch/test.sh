@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: set up .venv with the test extras, then run the whole suite on CPU
-# (8 fake devices, generated data, no network). Extra arguments go to pytest.
-FASTSLOW_EXTRAS=test source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+# (8 fake devices, generated data, no network). Extra arguments go to pytest. FASTSLOW_REFERENCE=1 also
+# installs the test-only references of the weight importers (requirements/reference*.txt).
+FASTSLOW_EXTRAS=test FASTSLOW_REFERENCE=1 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout=900 tests "$@"

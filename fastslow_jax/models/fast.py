@@ -1,7 +1,9 @@
 """The Fast dual encoder: f(x) and g(y) embedded independently, scored by a dot product.
 
-Image tower: backbone -> global average pool of C5 (over time too for video clips) -> linear -> L2.
-Text tower: transformer encoder -> masked mean pool -> linear -> L2. A learnable temperature
+Image tower: backbone -> global average pool of C5 (or the backbone's own ``pooled``, e.g. CLIP's CLS
+token; then over time too for video clips) -> linear -> L2.
+Text tower: transformer encoder -> masked mean pool (CLIP: the end-of-text token) -> linear -> L2.
+``model.vision.pretrained`` / ``model.text.pretrained`` initialise the towers (``weights.load_pretrained``). A learnable temperature
 (``logit_scale = log(1 / tau)``, initialised from ``model.temperature``) scales the logits.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import ml_collections
 from flax import nnx
 
 from fastslow_jax.models import layers
-from fastslow_jax.models.text import TextEncoder
+from fastslow_jax.models.text import build_text_tower
 from fastslow_jax.models.vision import build_backbone
 
 
@@ -26,18 +28,21 @@ class FastModel(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, rngs: nnx.Rngs):
         dtype = compute_dtype(cfg)
         self.vision = build_backbone(cfg.vision, dtype=dtype, rngs=rngs)
-        self.text = TextEncoder(cfg.text, vocab_size=vocab_size, dtype=dtype, rngs=rngs)
+        self.text = build_text_tower(cfg.text, vocab_size=vocab_size, dtype=dtype, rngs=rngs)
         self.image_proj = layers.dense(self.vision.channels["C5"], cfg.embed_dim, ("embed", None), rngs=rngs,
                                        dtype=dtype)
-        self.text_proj = layers.dense(cfg.text.width, cfg.embed_dim, ("embed", None), rngs=rngs, dtype=dtype)
+        self.text_proj = layers.dense(self.text.width, cfg.embed_dim, ("embed", None), rngs=rngs, dtype=dtype)
         self.logit_scale = nnx.Param(jnp.asarray(math.log(1.0 / cfg.temperature), jnp.float32))
         self.max_logit_scale = math.log(100.0)
 
     def encode_image(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """[B, H, W, 3] images or [B, T, H, W, 3] clips (uint8) -> [B, E] unit vectors (float32)."""
         frames, lead = layers.fold_time(images)
-        c5 = self.vision(frames, train=train)["C5"]
-        pooled = layers.unfold_time(c5.mean(axis=(1, 2)), lead)
+        if hasattr(self.vision, "pooled"):  # e.g. CLIP's ViT: its own pooled token
+            pooled = self.vision.pooled(frames, train=train)
+        else:
+            pooled = self.vision(frames, train=train)["C5"].mean(axis=(1, 2))
+        pooled = layers.unfold_time(pooled, lead)
         if pooled.ndim == 3:  # video: average over time as well
             pooled = pooled.mean(axis=1)
         return layers.l2_normalize(self.image_proj(pooled)).astype(jnp.float32)
@@ -45,7 +50,10 @@ class FastModel(nnx.Module):
     def encode_text(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
         """[B, L] token ids (0 = padding) -> [B, E] unit vectors (float32)."""
         states = self.text(tokens, deterministic=not train, rngs=rngs)
-        pooled = layers.masked_mean(states, tokens != 0)
+        if hasattr(self.text, "pooled"):  # CLIP: the end-of-text token's state
+            pooled = self.text.pooled(tokens, states)
+        else:
+            pooled = layers.masked_mean(states, tokens != 0)
         return layers.l2_normalize(self.text_proj(pooled)).astype(jnp.float32)
 
     def scale(self) -> jax.Array:

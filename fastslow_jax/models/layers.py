@@ -78,14 +78,32 @@ class MultiHeadAttention(nnx.Module):
         return self.out(y.reshape(*y.shape[:-2], -1))
 
 
+def quick_gelu(x: Array) -> Array:
+    """x * sigmoid(1.702 x): the activation of OpenAI's CLIP."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=False), "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+               "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True), "quick_gelu": quick_gelu,
+               "relu": jax.nn.relu}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 class MLP(nnx.Module):
-    def __init__(self, width: int, hidden: int, *, dropout: float = 0.0, dtype=None, rngs: nnx.Rngs):
+    def __init__(self, width: int, hidden: int, *, dropout: float = 0.0, act: str = "gelu", dtype=None,
+                 rngs: nnx.Rngs):
         self.intermediate = dense(width, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype)
         self.output = dense(hidden, width, ("mlp", "embed"), rngs=rngs, dtype=dtype)
         self.dropout = nnx.Dropout(dropout)
+        self.act = activation(act)
 
     def __call__(self, x: Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
-        h = jax.nn.gelu(self.intermediate(x), approximate=False)
+        h = self.act(self.intermediate(x))
         return self.dropout(self.output(h), deterministic=deterministic, rngs=rngs)
 
 

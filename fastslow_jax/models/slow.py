@@ -100,6 +100,9 @@ class SlowModel(nnx.Module):
         self.levels = tuple(scfg.levels)
         self.width = scfg.width
         self.vision = build_backbone(cfg.vision, dtype=dtype, rngs=rngs)
+        if set(self.vision.channels) != {"C3", "C4", "C5"}:
+            raise ValueError(f"model.vision.name {cfg.vision.name!r} gives no C3..C5 pyramid, which Slow needs; "
+                             f"use a CNN backbone (tiny_cnn, resnet50, efficientnet_lite*)")
         self.fpn = FPN(self.vision.channels, scfg.fpn_width, dtype=dtype, rngs=rngs)
         # per-level BatchNorm on the pyramid: standardises each channel across images, so the image-dependent
         # part of the maps is not drowned by a large image-independent offset (the decoder would then learn to

@@ -44,11 +44,12 @@ class TextEncoder(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, rngs: nnx.Rngs):
         self.width = cfg.width
         self.pad_id = 0
+        ln_eps = cfg.get("ln_eps", 1e-12)
         self.embeddings = Embeddings(vocab_size, cfg.width, cfg.max_len, dropout=cfg.dropout, dtype=dtype,
-                                     rngs=rngs)
+                                     type_vocab_size=cfg.get("type_vocab_size", 2), ln_eps=ln_eps, rngs=rngs)
         self.layers = nnx.List([
             layers.TransformerLayer(cfg.width, cfg.num_heads, cfg.mlp_dim, dropout=cfg.dropout, dtype=dtype,
-                                    rngs=rngs)
+                                    ln_eps=ln_eps, rngs=rngs)
             for _ in range(cfg.depth)
         ])
 
@@ -58,3 +59,38 @@ class TextEncoder(nnx.Module):
         for layer in self.layers:
             x = layer(x, mask=mask, deterministic=deterministic, rngs=rngs)
         return x
+
+
+TEXT_TOWERS = ("bert", "clip")
+
+
+def tower_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[ml_collections.ConfigDict, int]:
+    """``model.text`` with the architecture of ``model.text.pretrained`` (its config.json) filled in, and
+    the embedding table size (the checkpoint's, which must cover the tokenizer's ``vocab_size``)."""
+    from fastslow_jax.models import weights
+
+    name, pretrained = cfg.get("name", "bert"), cfg.get("pretrained", "")
+    if name not in TEXT_TOWERS:
+        raise ValueError(f"unknown model.text.name {name!r}; choose one of {list(TEXT_TOWERS)}")
+    if not pretrained:
+        return cfg, vocab_size
+    path = weights.resolve(pretrained, what="model.text.pretrained")
+    arch = weights.bert_text_config(path) if name == "bert" else weights.clip_text_config(path)
+    if vocab_size > arch["vocab_size"]:
+        raise ValueError(f"the tokenizer has {vocab_size} ids but model.text.pretrained ({path}) embeds only "
+                         f"{arch['vocab_size']}: set data.tokenizer to the checkpoint's vocabulary")
+    out = ml_collections.ConfigDict(cfg.to_dict())
+    for k, v in arch.items():
+        if k != "vocab_size":
+            out[k] = v
+    return out, arch["vocab_size"]
+
+
+def build_text_tower(cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
+    """``model.text.name``: ``bert`` (TextEncoder) or ``clip`` (CLIP's causal text transformer)."""
+    cfg, vocab_size = tower_config(cfg, vocab_size)
+    if cfg.get("name", "bert") == "clip":
+        from fastslow_jax.models.clip import CLIPTextTower
+
+        return CLIPTextTower(cfg, vocab_size=vocab_size, dtype=dtype, rngs=rngs)
+    return TextEncoder(cfg, vocab_size=vocab_size, dtype=dtype, rngs=rngs)

@@ -7,6 +7,7 @@ Input normalisation belongs to the backbone (each pretrained checkpoint has its 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -18,12 +19,70 @@ PYRAMID_LEVELS = ("C3", "C4", "C5")
 
 
 def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, *, rngs: nnx.Rngs, use_bias: bool = False,
-         dtype=None) -> nnx.Conv:
+         dtype=None, padding="SAME", groups: int = 1) -> nnx.Conv:
+    """A conv with logical axes. ``padding``: "SAME" (TensorFlow's: extra row/column at the bottom/right
+    when strided) or "TORCH" (``kernel // 2`` on every side, as torch's ``Conv2d(padding=k // 2)``)."""
     init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding="SAME", use_bias=use_bias,
+    if padding == "TORCH":
+        padding = ((kernel // 2, kernel // 2),) * 2
+    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=padding, use_bias=use_bias,
+                    feature_group_count=groups,
                     kernel_init=nnx.with_partitioning(init, (None, None, "conv_in", "conv_out")),
                     bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
                     dtype=dtype, rngs=rngs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """A checkpoint's image convention: resize the shorter side to ``resize``, centre-crop ``crop`` x
+    ``crop`` (host side, ``preprocess_image``), then ``(x / 255 - mean) / std`` (inside the backbone)."""
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: str = "bilinear"  # PIL filter name
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+_LITE_MEAN, _LITE_STD = (127.0 / 255,) * 3, (128.0 / 255,) * 3  # (x - 127) / 128 on [0, 255] pixels
+
+# The convention of each tower's published weights (Hugging Face microsoft/resnet-50 and torchvision:
+# 256 -> 224 ImageNet; EfficientNet-Lite: crop / 0.875 -> crop, (x - 127) / 128; CLIP: 224 bicubic).
+PREPROCESSING: dict[str, Preprocessing] = {
+    "resnet50": Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
+    "efficientnet_lite0": Preprocessing(256, 224, _LITE_MEAN, _LITE_STD),
+    "efficientnet_lite1": Preprocessing(274, 240, _LITE_MEAN, _LITE_STD),
+    "efficientnet_lite2": Preprocessing(297, 260, _LITE_MEAN, _LITE_STD),
+    "clip_vit": Preprocessing(224, 224, CLIP_MEAN, CLIP_STD, "bicubic"),
+}
+
+
+def preprocessing(cfg: ml_collections.ConfigDict) -> Preprocessing:
+    """The convention for ``model.vision``: the tower's table entry (crop = ``image_size`` if set, resize
+    scaled alike); ``mean`` / ``std`` from the config unless ``pretrained`` is set (then the checkpoint's)."""
+    base = PREPROCESSING.get(cfg.name, Preprocessing(0, 0, (0.5,) * 3, (0.25,) * 3))
+    crop = cfg.get("image_size", 0) or base.crop
+    resize = round(crop * base.resize / base.crop) if base.crop else 0
+    if cfg.get("pretrained", ""):  # the checkpoint's convention wins over the from-scratch fields
+        return dataclasses.replace(base, resize=resize, crop=crop)
+    return dataclasses.replace(base, resize=resize, crop=crop, mean=tuple(cfg.get("mean", ()) or base.mean),
+                               std=tuple(cfg.get("std", ()) or base.std))
+
+
+def preprocess_image(image, spec: Preprocessing):
+    """A PIL image or HxWx{1,3,4} uint8 array -> [crop, crop, 3] uint8: shorter side to ``spec.resize``, centre crop."""
+    import numpy as np
+    from PIL import Image
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    img = img.convert("RGB")
+    w, h = img.size
+    scale = spec.resize / min(w, h)
+    nw, nh = max(spec.crop, round(w * scale)), max(spec.crop, round(h * scale))
+    img = img.resize((nw, nh), getattr(Image.Resampling, spec.resample.upper()))
+    left, top = (nw - spec.crop) // 2, (nh - spec.crop) // 2
+    return np.asarray(img.crop((left, top, left + spec.crop, top + spec.crop)), dtype=np.uint8)
 
 
 def normalize_images(images: jax.Array, mean, std, dtype) -> jax.Array:
@@ -80,12 +139,13 @@ class Bottleneck(nnx.Module):
 
     def __init__(self, in_ch: int, width: int, stride: int, *, dtype=None, rngs: nnx.Rngs):
         out_ch = width * 4
-        bn = lambda c: nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
-        self.conv1, self.bn1 = conv(in_ch, width, 1, rngs=rngs, dtype=dtype), bn(width)
-        self.conv2, self.bn2 = conv(width, width, 3, stride, rngs=rngs, dtype=dtype), bn(width)
-        self.conv3, self.bn3 = conv(width, out_ch, 1, rngs=rngs, dtype=dtype), bn(out_ch)
+        bn = lambda c: batch_norm(c, dtype=dtype, rngs=rngs)
+        cv = lambda i, o, k, s=1: conv(i, o, k, s, rngs=rngs, dtype=dtype, padding="TORCH")
+        self.conv1, self.bn1 = cv(in_ch, width, 1), bn(width)
+        self.conv2, self.bn2 = cv(width, width, 3, stride), bn(width)
+        self.conv3, self.bn3 = cv(width, out_ch, 1), bn(out_ch)
         if stride != 1 or in_ch != out_ch:
-            self.proj, self.proj_bn = conv(in_ch, out_ch, 1, stride, rngs=rngs, dtype=dtype), bn(out_ch)
+            self.proj, self.proj_bn = cv(in_ch, out_ch, 1, stride), bn(out_ch)
         else:
             self.proj = self.proj_bn = None
 
@@ -98,24 +158,35 @@ class Bottleneck(nnx.Module):
         return jax.nn.relu(y + shortcut)
 
 
+def batch_norm(c: int, *, eps: float = 1e-5, dtype=None, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(c, momentum=0.9, epsilon=eps, dtype=dtype, rngs=rngs,
+                         scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("conv_out",)),
+                         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)))
+
+
 class ResNet(nnx.Module):
-    """ResNet-50 (stage sizes 3, 4, 6, 3) returning C3 (512 ch), C4 (1024 ch) and C5 (2048 ch)."""
+    """ResNet-50 v1.5 (stage sizes 3, 4, 6, 3; base width 64) returning C3 (512 ch), C4 (1024 ch) and
+    C5 (2048 ch). Torch-style symmetric padding, so Hugging Face / torchvision weights carry over exactly.
+    ``stage_sizes`` and ``base_width`` (stem width; stage i has ``base_width * 2**i * 4`` outputs) are
+    config fields for smaller variants."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, dtype=None, rngs: nnx.Rngs):
         stage_sizes = tuple(cfg.get("stage_sizes", (3, 4, 6, 3)))
-        self.mean, self.std, self.dtype = tuple(cfg.mean), tuple(cfg.std), dtype
-        self.stem = conv(3, 64, 7, 2, rngs=rngs, dtype=dtype)
-        self.stem_bn = nnx.BatchNorm(64, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        base = cfg.get("base_width", 64)
+        spec = preprocessing(cfg)
+        self.mean, self.std, self.dtype = spec.mean, spec.std, dtype
+        self.stem = conv(3, base, 7, 2, rngs=rngs, dtype=dtype, padding="TORCH")
+        self.stem_bn = batch_norm(base, dtype=dtype, rngs=rngs)
         self.stages = nnx.List()
-        in_ch = 64
+        in_ch = base
         for i, n in enumerate(stage_sizes):
-            width = 64 * 2 ** i
+            width = base * 2 ** i
             blocks = nnx.List()
             for j in range(n):
                 blocks.append(Bottleneck(in_ch, width, 2 if (j == 0 and i > 0) else 1, dtype=dtype, rngs=rngs))
                 in_ch = width * 4
             self.stages.append(blocks)
-        self.channels = {"C3": 512, "C4": 1024, "C5": 2048}
+        self.channels = {"C3": base * 8, "C4": base * 16, "C5": base * 32}
 
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         x = normalize_images(images, self.mean, self.std, self.dtype)
@@ -130,10 +201,26 @@ class ResNet(nnx.Module):
         return {k: feats[k] for k in PYRAMID_LEVELS}
 
 
-BACKBONES: dict[str, Callable[..., nnx.Module]] = {"tiny_cnn": TinyCNN, "resnet50": ResNet}
+def _efficientnet(cfg, **kw):
+    from fastslow_jax.models.efficientnet import EfficientNetLite
+
+    return EfficientNetLite(cfg, **kw)
+
+
+def _clip_vit(cfg, **kw):
+    from fastslow_jax.models.clip import CLIPVisionTower
+
+    return CLIPVisionTower(cfg, **kw)
+
+
+BACKBONES: dict[str, Callable[..., nnx.Module]] = {
+    "tiny_cnn": TinyCNN, "resnet50": ResNet, "efficientnet_lite0": _efficientnet, "efficientnet_lite1": _efficientnet,
+    "efficientnet_lite2": _efficientnet, "clip_vit": _clip_vit}
 
 
 def build_backbone(cfg: ml_collections.ConfigDict, *, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
+    """``model.vision.name`` -> a backbone (``model.vision.pretrained`` is loaded later, by
+    ``weights.load_pretrained``; only the CLIP ViT reads its architecture from that checkpoint here)."""
     if cfg.name not in BACKBONES:
         raise ValueError(f"unknown model.vision.name {cfg.name!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[cfg.name](cfg, dtype=dtype, rngs=rngs)

@@ -99,6 +99,11 @@ class DistillTask:
             if scfg.task != "fast":
                 raise ValueError(f"distill.student_init {dcfg.student_init!r} holds a {scfg.task!r} run, not 'fast'")
             loop.load_submodule(model.student, dcfg.student_init, what="distill.student_init", devices=devices)
+        else:  # a fresh student: its towers may start from pretrained weights
+            from fastslow_jax.models import weights
+
+            for line in weights.load_pretrained(model.student, run.config.model):
+                print(f"[fastslow] distill student {line}")
         return run.with_model(state, model)
 
     def data_extras(self, run, workdir: str):

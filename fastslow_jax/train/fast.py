@@ -43,6 +43,19 @@ class FastTask:
     def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> FastModel:
         return FastModel(config.model, vocab_size=vocab_size, rngs=rngs)
 
+    def initialize(self, run, state):
+        """Start the towers from ``model.vision.pretrained`` / ``model.text.pretrained`` (checkpoint paths,
+        or the names of weights shipped in pip packages: ``minilm``, ``efficientnet-lite0``..2)."""
+        from fastslow_jax.models import weights
+
+        cfg = run.config.model
+        if not (cfg.vision.get("pretrained") or cfg.text.get("pretrained")):
+            return state
+        model = run.model(state)
+        for line in weights.load_pretrained(model, cfg):
+            print(f"[fastslow] {line}")
+        return run.with_model(state, model)
+
     def loss_fn(self, model: FastModel, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict):
         rngs = nnx.Rngs(dropout=rng)
         img = model.encode_image(batch["image"], train=True)

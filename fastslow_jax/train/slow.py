@@ -40,12 +40,19 @@ class SlowTask:
         Fast model's image tower, as the paper starts from an ImageNet backbone."""
         from fastslow_jax.train import loop
 
+        from fastslow_jax.models import weights
+
         init = run.config.model.get("vision_init")
-        if not init:
+        pretrained = run.config.model.vision.get("pretrained")
+        if not init and not pretrained:
             return state
         model = run.model(state)
-        loop.load_submodule(model.vision, init, "vision", what="model.vision_init",
-                            devices=run.mesh.devices.ravel().tolist())
+        if init:
+            loop.load_submodule(model.vision, init, "vision", what="model.vision_init",
+                                devices=run.mesh.devices.ravel().tolist())
+        else:  # an ImageNet (or other) checkpoint: model.vision.pretrained
+            path = weights.load_vision(model.vision, run.config.model.vision.name, pretrained)
+            print(f"[fastslow] vision <- {path}")
         return run.with_model(state, model)
 
     def loss_fn(self, model: SlowModel, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict):

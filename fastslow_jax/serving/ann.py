@@ -35,7 +35,7 @@ def scann_params(n: int, dim: int) -> dict[str, Any]:
         return {"kind": "brute_force"}
     leaves = max(2, int(round(math.sqrt(n))))
     return {"kind": "tree_ah", "num_leaves": leaves,
-            "leaves_to_search": max(8, int(math.ceil(leaves * 0.06))),
+            "leaves_to_search": max(8, int(math.ceil(leaves * 0.1))),
             "training_sample_size": int(min(n, 100_000)),
             "dims_per_block": 2, "anisotropic_quantization_threshold": 0.2,
             "reorder": 200}

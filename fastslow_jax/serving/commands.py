@@ -18,8 +18,9 @@ def index(args) -> int:
 
 def search(args) -> int:
     from fastslow_jax.serving import engine
-    eng = engine.SearchEngine(args.index, args.workdir, alpha=args.alpha)
     try:
+        engine.check_query(args.query, args.k, args.rerank)
+        eng = engine.SearchEngine(args.index, args.workdir, alpha=args.alpha)
         eng.check(args.query, args.k, args.rerank)
     except engine.QueryError as err:
         raise ValueError(str(err)) from None

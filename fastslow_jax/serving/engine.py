@@ -236,7 +236,7 @@ def _abstract_cache(slow_scorer, state, shape):
 
 def build_index(workdir: str, out: str, *, dataset: str | None = None, images: str | None = None,
                 limit: int = 0, visual_tokens: bool = False, add: bool = False, progress: bool = True,
-                devices=None) -> dict:
+                devices=None, models: Models | None = None) -> dict:
     """Embed a gallery (a dataset split or a folder of images) and write, or add to, the index ``out``.
 
     Returns the manifest. With ``add``, ``out`` must exist and have been made by the same model; items
@@ -251,7 +251,7 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
         raise FileExistsError(f"{out} already holds an index; pass --add to add images to it, or choose a new --out")
     if add and not exists:
         raise FileNotFoundError(f"--add: {out} holds no index to add to")
-    models = load_models(workdir, devices)
+    models = models or load_models(workdir, devices)
     fp = fingerprint(models)
     manifest = read_manifest(out) if add else None
     if manifest is not None and manifest["model"]["fingerprint"] != fp:
@@ -362,17 +362,32 @@ class QueryError(ValueError):
 MAX_QUERY_CHARS = 500
 
 
+def check_query(query: str, k: int, rerank: int) -> str:
+    """The stripped query, or a QueryError saying what is wrong with it (no model needed)."""
+    query = query.strip() if isinstance(query, str) else ""
+    if not query:
+        raise QueryError("the query is empty")
+    if len(query) > MAX_QUERY_CHARS:
+        raise QueryError(f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS} are allowed")
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+    if not 0 <= rerank <= MAX_RERANK:
+        raise QueryError(f"rerank must be between 0 and {MAX_RERANK}, got {rerank}")
+    return query
+
+
 class SearchEngine:
     """Loads an index and its model once; ``search`` answers one text query (thread-safe)."""
 
-    def __init__(self, index_dir: str, workdir: str | None = None, *, alpha: float | None = None, devices=None):
+    def __init__(self, index_dir: str, workdir: str | None = None, *, alpha: float | None = None, devices=None,
+                 models: Models | None = None):
         import threading
         from fastslow_jax.retrieval.evaluate import SlowScorer
 
         self.index_dir = os.path.abspath(index_dir)
         self.manifest = read_manifest(index_dir)
         workdir = workdir or self.manifest["model"]["workdir"]
-        self.models = load_models(workdir, devices)
+        self.models = models or load_models(workdir, devices)
         fp = fingerprint(self.models)
         want = self.manifest["model"]["fingerprint"]
         if fp != want:
@@ -424,15 +439,7 @@ class SearchEngine:
         return path if os.path.isabs(path) else os.path.join(self.index_dir, path)
 
     def check(self, query: str, k: int, rerank: int) -> str:
-        query = query.strip() if isinstance(query, str) else ""
-        if not query:
-            raise QueryError("the query is empty")
-        if len(query) > MAX_QUERY_CHARS:
-            raise QueryError(f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS} are allowed")
-        if not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
-        if not 0 <= rerank <= MAX_RERANK:
-            raise QueryError(f"rerank must be between 0 and {MAX_RERANK}, got {rerank}")
+        query = check_query(query, k, rerank)
         if rerank and not self.can_rerank:
             raise QueryError(f"this index's model ({self.models.workdir}) has no Slow run to re-rank with; "
                              f"use rerank=0")

@@ -38,7 +38,7 @@ PAGE = """<!doctype html>
         maxlength="__MAXQ__" autofocus>
  <label>results <input id="k" type="number" min="1" max="__MAXK__" value="12" style="width:4em"></label>
  <label><input id="slow" type="checkbox"> Fast+Slow (re-rank top <input id="rerank" type="number" min="1"
-        max="__MAXR__" value="20" style="width:4em">)</label>
+        max="__MAXR__" value="10" style="width:4em">)</label>
  <button type="submit">Search</button>
 </form>
 <div id="info"></div><div id="timings"></div><div id="results"></div>

@@ -16,7 +16,7 @@ from fastslow_jax.serving import server
 
 @pytest.fixture(scope="module")
 def base_url(serving_engine):
-    serving_engine.warm_up(k=12, rerank=20)
+    serving_engine.warm_up(k=12, rerank=10)
     httpd = server.make_server(serving_engine, "127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -119,7 +119,7 @@ def test_search_page_in_headless_chromium(base_url, tmp_path):
         # toggle Fast+Slow: the timings name it and every caption shows a Slow score
         driver.find_element(By.ID, "slow").click()
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(lambda d: d.find_element(By.ID, "timings").text.startswith("Fast+Slow (top 20)"))
+        wait.until(lambda d: d.find_element(By.ID, "timings").text.startswith("Fast+Slow (top 10)"))
         wait.until(loaded_images)
         captions = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#results figcaption")]
         assert len(captions) == 12 and all(" slow " in c for c in captions)

@@ -82,7 +82,7 @@ def load_models(workdir: str, devices=None) -> Models:
             models.slow_run, models.slow_state = loop.load_trained(os.path.join(workdir, "slow"), devices=devices)
             models.slow_name = "slow"
         return models
-    run, state = loop.load_trained(workdir, devices=devices)
+    run, state = loop.load_trained(workdir, _relocated(os.path.dirname(workdir), os.path.basename(workdir)), devices)
     if run.config.task == "slow":
         raise ValueError(f"{workdir} is a Slow run; index with a Fast or distillation run, or with a pipeline "
                          f"workdir holding fast/ (or distill/) and slow/")
@@ -94,7 +94,10 @@ def _relocated(pipeline: str, run_dir: str) -> list[str]:
     """Overrides for a distillation run whose recorded teacher workdir is relative to another working
     directory (the demo writes ``runs/demo/slow``): the pipeline's own run of that name. The teacher's
     weights come from the distillation checkpoint; its workdir is read for the architecture only."""
-    cfg = _read_json(os.path.join(pipeline, run_dir, "config.json"))
+    path = os.path.join(pipeline, run_dir, "config.json")
+    if not os.path.exists(path):
+        return []
+    cfg = _read_json(path)
     teacher = (cfg.get("distill") or {}).get("teacher_workdir") or ""
     if cfg.get("task") != "distill" or not teacher or os.path.exists(os.path.join(teacher, "config.json")):
         return []

@@ -31,7 +31,8 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=9", "pytest-timeout>=2.3"],
+        "test": ["pytest>=9", "pytest-timeout>=2.3", "selenium>=4.20"],
+        "bench": ["faiss-cpu>=1.8", "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["fastslow=fastslow_jax.cli:main"]},
 )

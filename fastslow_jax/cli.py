@@ -2,6 +2,10 @@
 
   fastslow train --config configs/shapes_fast.py[:arg] --workdir DIR [--config.a.b=value ...]
   fastslow eval  --workdir DIR [--split test] [--output FILE.json] [--config.a.b=value ...]
+  fastslow index --workdir DIR (--dataset NAME[:split] | --images DIR) --out INDEX [--visual-tokens] [--add]
+  fastslow search INDEX "query" [--k 10] [--rerank K]
+  fastslow serve INDEX [--host 127.0.0.1 --port 8000]
+  fastslow bench retrieval --workdir DIR [--sizes 1000,10000,100000,1000000] [--out bench]
 
 ``train`` resumes from the latest checkpoint in DIR when there is one. ``eval`` reads the run's saved
 config (DIR/config.json) and its latest checkpoint; ``--config.a.b=value`` overrides apply on top
@@ -16,7 +20,7 @@ import logging
 import os
 import sys
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError, OSError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +43,61 @@ def _parser() -> argparse.ArgumentParser:
                    help="config file to use instead of WORKDIR/config.json (the checkpoint must match it)")
     e.add_argument("--split", default=None, help="split to evaluate (default: the config's data.test_split)")
     e.add_argument("--output", default=None, help="write the table as JSON rows to this file")
+    _serving_parsers(sub)
     return p
+
+
+def _serving_parsers(sub) -> None:
+    i = sub.add_parser("index", help="embed a gallery with the Fast tower and build (or add to) a ScaNN index",
+                       description="Embed a gallery (a dataset split or a folder of images) with the Fast image "
+                                   "tower and write a ScaNN index (brute force below about 20k images, tree + "
+                                   "asymmetric hashing + reordering above). With a pipeline workdir the distilled "
+                                   "Fast tower embeds and its slow/ run re-ranks at search time.")
+    i.add_argument("--workdir", required=True, help="a Fast or distillation run, or a pipeline workdir")
+    g = i.add_mutually_exclusive_group(required=True)
+    g.add_argument("--dataset", help="NAME[:split] of a built-in dataset (default split: the config's test split)")
+    g.add_argument("--images", help="a folder of images (searched recursively: png, jpg, jpeg, webp, bmp, gif)")
+    i.add_argument("--out", required=True, help="index directory to write (or to add to, with --add)")
+    i.add_argument("--limit", type=int, default=0, help="index the first N images only (0 = all)")
+    i.add_argument("--visual-tokens", action="store_true",
+                   help="store the Slow visual keys/values (bf16) for re-ranking; otherwise recomputed per query")
+    i.add_argument("--add", action="store_true",
+                   help="add the images not yet in INDEX (a delta segment; no rebuild until it exceeds 10%%)")
+    i.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    s = sub.add_parser("search", help="search an index from the command line",
+                       description="Print the top results for a text query with Fast (and Slow) scores and the "
+                                   "time spent in each stage.")
+    s.add_argument("index", help="index directory written by `fastslow index`")
+    s.add_argument("query", help="the text query")
+    s.add_argument("--k", type=int, default=10, help="results to print (default 10)")
+    s.add_argument("--rerank", type=int, default=0, help="re-rank the Fast top K with Slow (default 0: Fast only)")
+    s.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
+    s.add_argument("--alpha", type=float, default=None, help="order re-ranked results by slow + alpha * fast")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    v = sub.add_parser("serve", help="serve a search page and a JSON API for an index",
+                       description="Serve /api/search?q=&k=&rerank= and a search page on http://HOST:PORT/.")
+    v.add_argument("index", help="index directory written by `fastslow index`")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    v.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
+    v.add_argument("--alpha", type=float, default=None, help="order re-ranked results by slow + alpha * fast")
+
+    b = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print figures.")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    r = bsub.add_parser("retrieval", help="time per query against gallery size: Slow, Fast exact, ScaNN, faiss",
+                        description="Time per query against gallery size N: Slow exhaustive (measured up to "
+                                    "--slow-max, extrapolated beyond), Fast exact (blocked jnp matmul + top-k, and "
+                                    "faiss IndexFlatIP), Fast ScaNN, Fast ScaNN -> Slow (K=10, 50), ScaNN recall@10, "
+                                    "faiss IVF at equal recall. Large galleries use synthetic clustered embeddings "
+                                    "of the model's dimension; Slow costs come from the real model. Needs the "
+                                    "`bench` extra (faiss-cpu, matplotlib).")
+    r.add_argument("--workdir", required=True, help="a pipeline workdir (Fast/distilled and slow/ runs)")
+    r.add_argument("--sizes", default="1000,10000,100000,1000000", help="comma-separated gallery sizes")
+    r.add_argument("--queries", type=int, default=1000, help="queries for the batched ANN/exact timings")
+    r.add_argument("--slow-max", type=int, default=10000, help="largest N at which Slow exhaustive is measured")
+    r.add_argument("--out", default="bench", help="directory for retrieval.json and retrieval.png")
 
 
 def _setup_logging() -> None:
@@ -67,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, overrides)
         if args.command == "eval":
             return _eval(args, overrides)
+        if args.command in ("index", "search", "serve", "bench"):
+            from fastslow_jax.serving import commands
+            return getattr(commands, args.command)(args)
     except config_lib.ConfigError as err:
         print(f"fastslow: error: {err}", file=sys.stderr)
         return 2

@@ -38,3 +38,19 @@ def run_cli(args, env_extra=None, timeout=300):
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "fastslow_jax.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """A tiny pipeline workdir trained once per session: fast/, slow/ (backbone from fast), distill/."""
+    import jax
+    from fastslow_jax.train import loop
+    devices = jax.devices()[:1]
+    wd = str(tmp_path_factory.mktemp("pipeline"))
+    loop.train(tiny_config("shapes_fast.py"), os.path.join(wd, "fast"), progress=False, devices=devices)
+    loop.train(tiny_config("shapes_slow.py", [f"model.vision_init={wd}/fast"]), os.path.join(wd, "slow"),
+               progress=False, devices=devices)
+    loop.train(tiny_config("shapes_distill.py", [f"distill.teacher_workdir={wd}/slow",
+                                                 f"distill.student_init={wd}/fast", "train.steps=6"]),
+               os.path.join(wd, "distill"), progress=False, devices=devices)
+    return wd

@@ -252,6 +252,17 @@ class SlowScorer(_Sharded):
             out[idx] = np.asarray(run(idx, tok))[: len(idx)]
         return out, 1000.0 * (time.perf_counter() - t0) / max(q, 1)
 
+    def score_candidates(self, state, tokens: np.ndarray, candidates: np.ndarray, *, cache=None,
+                         images: np.ndarray | None = None) -> jax.Array:
+        """One jitted call, no warm-up or timing: Slow scores [Qb, K] of token rows [Qb, L] against their
+        candidates [Qb, K], gathered from ``cache`` (``gallery_cache``) or recomputed from ``images``
+        [Qb, K, H, W, 3]. Callers fix the shapes (length buckets, padded K) to avoid recompiling."""
+        p, r = state["params"], state["rest"]
+        tok = jnp.asarray(tokens)[:, None]
+        if cache is not None:
+            return self._candidates_fn(p, r, tok, cache, jnp.asarray(candidates))
+        return self._candidates_images_fn(p, r, tok, jnp.asarray(images))
+
     def evaluate(self, state, split: EvalSplit, method: str = "slow") -> tuple[dict, np.ndarray]:
         """(row, score matrix) for exhaustive Slow text->image retrieval (visual tokens cached)."""
         scores, ms = self.exhaustive(state, split)

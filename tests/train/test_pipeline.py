@@ -15,16 +15,8 @@ from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    devices = jax.devices()[:1]
-    wd = str(tmp_path_factory.mktemp("pipeline"))
-    loop.train(tiny_config("shapes_fast.py"), os.path.join(wd, "fast"), progress=False, devices=devices)
-    loop.train(tiny_config("shapes_slow.py", [f"model.vision_init={wd}/fast"]), os.path.join(wd, "slow"),
-               progress=False, devices=devices)
-    loop.train(tiny_config("shapes_distill.py", [f"distill.teacher_workdir={wd}/slow",
-                                                 f"distill.student_init={wd}/fast", "train.steps=6"]),
-               os.path.join(wd, "distill"), progress=False, devices=devices)
-    return wd
+def pipeline_dir(tiny_pipeline):
+    return tiny_pipeline  # trained once per session (tests/conftest.py), shared with tests/serving
 
 
 def _leaves(tree):

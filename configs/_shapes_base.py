@@ -45,6 +45,7 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 5 if tiny else 100
     c.optim.end_lr_factor = 0.01
+    c.optim.decay_steps = 0  # cosine horizon (0 = train.steps); longer than the run = stop part-way down
     c.optim.weight_decay = 1e-4
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999

@@ -7,9 +7,15 @@ import optax
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+    """Linear warmup, then cosine decay to ``lr * end_lr_factor`` over ``optim.decay_steps`` steps
+    (0 = the run's ``total_steps``). A horizon longer than the run stops the run part-way down the
+    cosine, with the learning rate still well above its end value."""
+    horizon = int(cfg.get("decay_steps", 0) or 0) or total_steps
+    if horizon < 0:
+        raise ValueError(f"optim.decay_steps must be >= 0 (0 = train.steps), got {horizon}")
+    warmup = min(int(cfg.warmup_steps), max(horizon - 1, 0))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup, decay_steps=max(horizon, warmup + 1),
         end_value=cfg.lr * cfg.end_lr_factor)
 
 

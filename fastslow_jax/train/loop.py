@@ -187,6 +187,19 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
+RUN_PATH_FIELDS = ("model.vision_init", "distill.teacher_workdir", "distill.student_init")
+
+
+def _absolute_run_paths(config: ml_collections.ConfigDict) -> None:
+    """Record the other runs a run starts from as absolute paths, so that it loads from any directory."""
+    for dotted in RUN_PATH_FIELDS:
+        section, key = dotted.split(".")
+        if section in config and key in config[section] and config[section][key]:
+            path = os.path.expanduser(config[section][key])
+            if os.path.isdir(path):
+                config[section][key] = os.path.abspath(path)
+
+
 def _check_finite(step: int, metrics: dict, ckpt: Checkpointer) -> dict[str, float]:
     """Raise TrainingDiverged if the loss or the gradient norm of ``step`` is not finite."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -204,6 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
           devices=None) -> dict[str, Any]:
     """Train (or resume) ``config`` in ``workdir``; returns the final validation metrics, if any."""
     os.makedirs(workdir, exist_ok=True)
+    _absolute_run_paths(config)
     _write_config(config, workdir)
     run = setup(config, devices)
     tcfg = config.train

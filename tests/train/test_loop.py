@@ -106,3 +106,14 @@ def test_divergence_stops_naming_the_step_and_keeps_a_finite_checkpoint(tmp_path
         assert f"the last good checkpoint is step {last}" in str(err.value)
         for leaf in jax.tree.leaves(_params(wd)):
             assert np.isfinite(leaf).all()
+
+
+def test_runs_record_the_runs_they_start_from_as_absolute_paths(tmp_path, monkeypatch):
+    from fastslow_jax.train.loop import _absolute_run_paths
+
+    (tmp_path / "runs" / "slow").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config("shapes_distill.py", ["distill.teacher_workdir=runs/slow", "distill.student_init=runs/none"])
+    _absolute_run_paths(cfg)
+    assert cfg.distill.teacher_workdir == str(tmp_path / "runs" / "slow")
+    assert cfg.distill.student_init == "runs/none"  # not a directory: left for the task's own error

@@ -18,6 +18,7 @@ WORKDIR="${1:-runs/demo}"
 FAST_STEPS="${FAST_STEPS:-500}"
 CONT_STEPS="${CONT_STEPS:-200}"
 SLOW_STEPS="${SLOW_STEPS:-700}"
+SLOW_DECAY="${SLOW_DECAY:-1000}"  # Slow's cosine horizon: the run stops part-way down (chosen on validation)
 GALLERY="${GALLERY:-300}"
 cd "$ROOT"
 start=$(date +%s)
@@ -28,10 +29,11 @@ fastslow train --config configs/shapes_fast.py --workdir "$WORKDIR/fast_init" --
   --config.eval.every=0
 stage "slow (fine-grained)"
 fastslow train --config configs/shapes_slow.py --workdir "$WORKDIR/slow" --config.train.steps="$SLOW_STEPS" \
-  --config.model.vision_init="$WORKDIR/fast_init" --config.eval.every=0
+  --config.optim.decay_steps="$SLOW_DECAY" --config.model.vision_init="$WORKDIR/fast_init" --config.eval.every=0
 stage "slow_lastmap (ablation)"
 fastslow train --config configs/shapes_slow.py --workdir "$WORKDIR/slow_lastmap" --config.train.steps="$SLOW_STEPS" \
-  --config.model.vision_init="$WORKDIR/fast_init" --config.model.slow.levels=P5,P5,P5 --config.eval.every=0
+  --config.optim.decay_steps="$SLOW_DECAY" --config.model.vision_init="$WORKDIR/fast_init" \
+  --config.model.slow.levels=P5,P5,P5 --config.eval.every=0
 for stage_name in fast distill; do
   weight=1.0; [ "$stage_name" = fast ] && weight=0.0
   stage "$stage_name (fast_init + $CONT_STEPS steps, distill.weight=$weight)"

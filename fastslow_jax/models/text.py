@@ -41,14 +41,15 @@ class Embeddings(nnx.Module):
 class TextEncoder(nnx.Module):
     """[B, L] token ids (0 = padding) -> [B, L, width] contextual token states."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, rngs: nnx.Rngs):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, remat: bool = False,
+                 rngs: nnx.Rngs):
         self.width = cfg.width
         self.pad_id = 0
         self.embeddings = Embeddings(vocab_size, cfg.width, cfg.max_len, dropout=cfg.dropout, dtype=dtype,
                                      rngs=rngs)
         self.layers = nnx.List([
             layers.TransformerLayer(cfg.width, cfg.num_heads, cfg.mlp_dim, dropout=cfg.dropout, dtype=dtype,
-                                    rngs=rngs)
+                                    remat=remat, rngs=rngs)
             for _ in range(cfg.depth)
         ])
 

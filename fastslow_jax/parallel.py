@@ -198,6 +198,21 @@ def _top_k_fn(mesh, axes, n, rows, k, k_local):
 # Multi-host start-up
 # ------------------------------------------------------------------------------------------------
 
+def prepare_once(fn, what: str, timeout_s: int = 3 * 3600) -> None:
+    """Run ``fn`` (e.g. building a dataset into a shared directory) on process 0 while the other
+    processes wait at a barrier of the distributed runtime (not a device collective, whose set-up
+    times out after 30 s); with one process, just run it."""
+    if jax.process_count() == 1:
+        fn()
+        return
+    if jax.process_index() == 0:
+        fn()
+    from jax._src.distributed import global_state  # the coordination service's barrier
+    global_state.client.wait_at_barrier(f"fastslow_prepare_{what}", timeout_in_ms=timeout_s * 1000)
+    if jax.process_index() != 0:
+        fn()  # now only reads what process 0 wrote
+
+
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, env: Mapping[str, str] | None = None) -> str:
     """Start JAX's multi-controller runtime when this process is one of several; returns what it did.

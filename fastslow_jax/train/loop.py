@@ -246,6 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                          f"{parallel.batch_divisor(run.mesh, run.rules)} devices the batch is split over")
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tcfg.keep_checkpoints)
     writer = MetricWriter(workdir)
+    parallel.prepare_once(lambda: pipeline.get_builder(config.data), "dataset")
     extras = run.task.data_extras(run, workdir) if hasattr(run.task, "data_extras") else None
     it = pipeline.train_iterator(pipeline.train_dataset(config, run.tokenizer, extras=extras))
     start = 0

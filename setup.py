@@ -33,6 +33,8 @@ setup(
     extras_require={
         "test": ["pytest>=9", "pytest-timeout>=2.3", "selenium>=4.20"],
         "bench": ["faiss-cpu>=1.8", "matplotlib>=3.8"],
+        "gpu": ["jax[cuda12]"],  # NVIDIA GPUs (launch/slurm.sh, bench/gpu_check.sh)
+        "tpu": ["jax[tpu]"],  # Cloud TPU VMs (launch/tpu_pod.sh)
     },
     entry_points={"console_scripts": ["fastslow=fastslow_jax.cli:main"]},
 )

@@ -26,6 +26,7 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    c.model.remat = False  # recompute transformer layers' activations in the backward pass (less memory)
     c.model.vision = ml_collections.ConfigDict()
     # tiny_cnn | resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | clip_vit (Fast only)
     c.model.vision.name = "tiny_cnn"
@@ -58,6 +59,8 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.train.log_every = 5 if tiny else 50
     c.train.checkpoint_every = 10 if tiny else 500
     c.train.keep_checkpoints = 2
+    c.train.stop_after = 0  # stop (with a checkpoint) at this step; the schedule still runs to train.steps (0 = off)
+    c.train.grad_accum = 1  # micro-batches per step (gradients averaged; batch_size % (grad_accum * devices) == 0)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 32 if tiny else 256
@@ -77,10 +80,12 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.rerank.recompute_k = 10  # also time this K with visual features recomputed instead of cached
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
-    # logical axis -> mesh axis (or tuple of axes, or None = replicated)
+    # The one rules table: logical axis -> mesh axis (or tuple of axes, or None = replicated), for parameters
+    # and activations alike. A mesh axis is used once per array (activations: batch takes data+fsdp, so
+    # "embed" stays whole there: FSDP shards parameters and optimizer state, not activations' features).
     c.sharding_rules = ml_collections.ConfigDict({
-        "batch": ("data", "fsdp"), "embed": "fsdp", "mlp": "model", "heads": "model", "vocab": "model",
-        "conv_in": None, "conv_out": "model"})
+        "batch": ("data", "fsdp"), "length": None, "embed": "fsdp", "mlp": "model", "heads": "model",
+        "vocab": "model", "conv_in": None, "conv_out": "model"})
     return c
 
 

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="config file to use instead of WORKDIR/config.json (the checkpoint must match it)")
     e.add_argument("--split", default=None, help="split to evaluate (default: the config's data.test_split)")
     e.add_argument("--output", default=None, help="write the table as JSON rows to this file")
+    for sp in (t, e):
+        _add_distributed_args(sp)
     _serving_parsers(sub)
     return p
 
@@ -100,6 +102,26 @@ def _serving_parsers(sub) -> None:
     r.add_argument("--out", default="bench", help="directory for retrieval.json and retrieval.png")
 
 
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "multi-host", "Several processes (one per host) run the same command on one global mesh. TPU VM pod "
+        "slices and SLURM job steps are detected; elsewhere name the coordinator (or set FASTSLOW_COORDINATOR, "
+        "FASTSLOW_NUM_PROCESSES, FASTSLOW_PROCESS_ID). FASTSLOW_DISTRIBUTED=tpu|slurm|off forces the choice.")
+    g.add_argument("--coordinator", default=None, help="host:port of process 0's coordinator service")
+    g.add_argument("--num-processes", type=int, default=None, help="number of processes (with --coordinator)")
+    g.add_argument("--process-id", type=int, default=None, help="this process's id, 0..N-1 (with --coordinator)")
+
+
+def _start_distributed(args) -> None:
+    """jax.distributed from the flags or the environment; processes other than 0 log warnings only."""
+    import jax
+    from fastslow_jax import parallel
+    what = parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if jax.process_index() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger(__name__).info("%s", what)
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -121,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(rest)
     _setup_logging()
     try:
+        _start_distributed(args)
         if args.command == "train":
             return _train(args, overrides)
         if args.command == "eval":

@@ -5,9 +5,10 @@ Every dataset is a TFDS builder written with ``file_format="array_record"`` and 
 ``image`` (uint8 [H, W, 3], or [T, H, W, 3] for clips), ``captions`` (list of str) and ``image_id``.
 
 Training: shuffle (reshuffled every epoch) -> repeat -> pick one caption per image and tokenise
-(deterministic per global position) -> this process's strided slice -> batch. Process ``p`` of
-``P`` takes positions ``p, p+P, ...`` so that global batch ``b`` is exactly the global positions
-``b*G .. b*G+G-1`` whatever the number of processes. The iterator state is a small dict that the
+(deterministic per global position) -> blocks of G/P consecutive positions -> this process's
+blocks. Process ``p`` of ``P`` takes block ``b*P + p`` as its rows of global batch ``b`` (which
+``parallel.host_to_global`` places after processes 0..p-1's rows), so global batch ``b`` is exactly
+the global positions ``b*G .. b*G+G-1``, in that order, whatever the number of processes. The iterator state is a small dict that the
 checkpoint stores, so a resumed run sees the same data order.
 """
 from __future__ import annotations
@@ -113,8 +114,7 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, sp
     ds = grain.MapDataset.source(source).map_with_index(lambda i, ex: (i, ex))
     ds = ds.shuffle(seed=config.seed).repeat(None)
     ds = ds.random_map(_TrainTransform(tokenizer, extras), seed=config.seed + 1)
-    ds = ds[pi::pc]
-    return ds.batch(config.train.batch_size // pc, drop_remainder=True)
+    return ds.batch(config.train.batch_size // pc, drop_remainder=True)[pi::pc]
 
 
 def train_iterator(ds: grain.MapDataset, num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:

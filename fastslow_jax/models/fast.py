@@ -28,11 +28,12 @@ class FastModel(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, rngs: nnx.Rngs):
         dtype = compute_dtype(cfg)
         self.vision = build_backbone(cfg.vision, dtype=dtype, rngs=rngs)
-        self.text = build_text_tower(cfg.text, vocab_size=vocab_size, dtype=dtype, rngs=rngs)
+        self.text = build_text_tower(cfg.text, vocab_size=vocab_size, dtype=dtype, remat=bool(cfg.get("remat", False)),
+                                     rngs=rngs)
         self.image_proj = layers.dense(self.vision.channels["C5"], cfg.embed_dim, ("embed", None), rngs=rngs,
                                        dtype=dtype)
         self.text_proj = layers.dense(self.text.width, cfg.embed_dim, ("embed", None), rngs=rngs, dtype=dtype)
-        self.logit_scale = nnx.Param(jnp.asarray(math.log(1.0 / cfg.temperature), jnp.float32))
+        self.logit_scale = nnx.Param(jnp.asarray(math.log(1.0 / cfg.temperature), jnp.float32), out_sharding=())
         self.max_logit_scale = math.log(100.0)
 
     def encode_image(self, images: jax.Array, *, train: bool = False) -> jax.Array:

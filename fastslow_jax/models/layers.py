@@ -2,7 +2,8 @@
 
 Every parameter carries *logical* axis names (``embed``, ``mlp``, ``heads``, ``vocab``, ``conv_in``,
 ``conv_out``...). ``fastslow_jax.parallel`` maps them to mesh axes with the config's rules table, so a
-model never names a device or a mesh axis.
+model never names a device or a mesh axis. Main activations are pinned the same way with
+``constrain(x, ("batch", "length", "embed"))`` (a no-op outside the train step).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from fastslow_jax.parallel import constrain
 
 Array = jax.Array
 
@@ -67,7 +70,7 @@ class MultiHeadAttention(nnx.Module):
         """Attend from ``x`` to ``kv`` (default: ``x``), or to precomputed ``kv_cache`` = project_kv(memory).
 
         Leading (batch) dimensions of ``x`` and of the keys/values broadcast against each other."""
-        q = self._split(self.query(x))
+        q = constrain(self._split(self.query(x)), ("batch", "length", "heads", None))
         k, v = kv_cache if kv_cache is not None else self.project_kv(x if kv is None else kv)
         logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(self.head_dim).astype(q.dtype)
         if mask is not None:
@@ -103,7 +106,7 @@ class MLP(nnx.Module):
         self.act = activation(act)
 
     def __call__(self, x: Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
-        h = self.act(self.intermediate(x))
+        h = constrain(self.act(self.intermediate(x)), ("batch", "length", "mlp"))
         return self.dropout(self.output(h), deterministic=deterministic, rngs=rngs)
 
 
@@ -115,7 +118,8 @@ class TransformerLayer(nnx.Module):
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, cross_attention: bool = False,
                  memory_width: int | None = None, dropout: float = 0.0, ln_eps: float = 1e-12,
-                 dtype=None, rngs: nnx.Rngs):
+                 dtype=None, remat: bool = False, rngs: nnx.Rngs):
+        self.remat = remat  # recompute this layer's activations in the backward pass (saves memory)
         self.attention = MultiHeadAttention(width, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
         self.attention_norm = layer_norm(width, eps=ln_eps, rngs=rngs, dtype=dtype)
         if cross_attention:
@@ -131,6 +135,12 @@ class TransformerLayer(nnx.Module):
     def __call__(self, x: Array, mask: Array | None = None, memory: Array | None = None,
                  memory_mask: Array | None = None, *, memory_kv: tuple[Array, Array] | None = None,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+        if self.remat:
+            return nnx.remat(TransformerLayer._forward, static_argnums=(6,))(
+                self, x, mask, memory, memory_mask, memory_kv, deterministic, rngs)
+        return self._forward(x, mask, memory, memory_mask, memory_kv, deterministic, rngs)
+
+    def _forward(self, x, mask, memory, memory_mask, memory_kv, deterministic, rngs):
         kw = dict(deterministic=deterministic, rngs=rngs)
         h = self.attention(x, mask=mask, **kw)
         x = self.attention_norm(x + self.dropout(h, **kw))
@@ -139,7 +149,7 @@ class TransformerLayer(nnx.Module):
                 raise ValueError("this layer has cross-attention and needs a memory to attend to")
             h = self.cross_attention(x, memory, mask=memory_mask, kv_cache=memory_kv, **kw)
             x = self.cross_norm(x + self.dropout(h, **kw))
-        return self.mlp_norm(x + self.mlp(x, **kw))
+        return constrain(self.mlp_norm(x + self.mlp(x, **kw)), ("batch", "length", "embed"))
 
 
 def padding_mask(tokens: Array, pad_id: int = 0) -> Array:

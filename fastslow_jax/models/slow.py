@@ -79,13 +79,13 @@ def reverse_tokens(tokens: jax.Array, pad_id: int = 0) -> jax.Array:
 class CaptionDecoder(nnx.Module):
     """One direction: position embeddings + causal layers with cross-attention."""
 
-    def __init__(self, cfg, *, dtype=None, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, dtype=None, remat: bool = False, rngs: nnx.Rngs):
         init = nnx.initializers.truncated_normal(stddev=0.02)
         self.position = nnx.Embed(cfg.max_len, cfg.width, embedding_init=nnx.with_partitioning(init, (None, "embed")),
                                   dtype=dtype, rngs=rngs)
         self.layers = nnx.List([
             layers.TransformerLayer(cfg.width, cfg.num_heads, cfg.mlp_dim, cross_attention=True,
-                                    dropout=cfg.dropout, dtype=dtype, rngs=rngs)
+                                    dropout=cfg.dropout, dtype=dtype, remat=remat, rngs=rngs)
             for _ in range(len(cfg.levels))
         ])
 
@@ -112,15 +112,16 @@ class SlowModel(nnx.Module):
         self.visual_proj = layers.dense(scfg.fpn_width, scfg.width, (None, "embed"), rngs=rngs, dtype=dtype)
         self.visual_norm = layers.layer_norm(scfg.width, rngs=rngs, dtype=dtype)
         init = nnx.initializers.truncated_normal(stddev=0.02)
-        self.level_embed = nnx.Param(init(rngs.params(), (len(LEVELS), scfg.width)))
-        self.frame_embed = nnx.Param(init(rngs.params(), (scfg.max_frames, scfg.width)))
+        self.level_embed = nnx.Param(init(rngs.params(), (len(LEVELS), scfg.width)), out_sharding=(None, "embed"))
+        self.frame_embed = nnx.Param(init(rngs.params(), (scfg.max_frames, scfg.width)), out_sharding=(None, "embed"))
         self.token_embed = nnx.Embed(vocab_size, scfg.width,
                                      embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
                                      dtype=dtype, rngs=rngs)
         self.embed_norm = layers.layer_norm(scfg.width, rngs=rngs, dtype=dtype)
         self.output = layers.dense(scfg.width, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype)
-        self.fwd = CaptionDecoder(scfg, dtype=dtype, rngs=rngs)
-        self.bwd = CaptionDecoder(scfg, dtype=dtype, rngs=rngs)
+        remat = bool(cfg.get("remat", False))
+        self.fwd = CaptionDecoder(scfg, dtype=dtype, remat=remat, rngs=rngs)
+        self.bwd = CaptionDecoder(scfg, dtype=dtype, remat=remat, rngs=rngs)
         self.pad_id = 0
 
     # ----------------------------------------------------------------------------- visual side

@@ -41,7 +41,8 @@ class Embeddings(nnx.Module):
 class TextEncoder(nnx.Module):
     """[B, L] token ids (0 = padding) -> [B, L, width] contextual token states."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, rngs: nnx.Rngs):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, remat: bool = False,
+                 rngs: nnx.Rngs):
         self.width = cfg.width
         self.pad_id = 0
         ln_eps = cfg.get("ln_eps", 1e-12)
@@ -49,7 +50,7 @@ class TextEncoder(nnx.Module):
                                      type_vocab_size=cfg.get("type_vocab_size", 2), ln_eps=ln_eps, rngs=rngs)
         self.layers = nnx.List([
             layers.TransformerLayer(cfg.width, cfg.num_heads, cfg.mlp_dim, dropout=cfg.dropout, dtype=dtype,
-                                    ln_eps=ln_eps, rngs=rngs)
+                                    ln_eps=ln_eps, remat=remat, rngs=rngs)
             for _ in range(cfg.depth)
         ])
 
@@ -86,11 +87,13 @@ def tower_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[ml_co
     return out, arch["vocab_size"]
 
 
-def build_text_tower(cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
-    """``model.text.name``: ``bert`` (TextEncoder) or ``clip`` (CLIP's causal text transformer)."""
+def build_text_tower(cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, remat: bool = False,
+                     rngs: nnx.Rngs) -> nnx.Module:
+    """``model.text.name``: ``bert`` (TextEncoder) or ``clip`` (CLIP's causal text transformer).
+    ``remat`` (BERT layers only) recomputes each layer's activations in the backward pass."""
     cfg, vocab_size = tower_config(cfg, vocab_size)
     if cfg.get("name", "bert") == "clip":
         from fastslow_jax.models.clip import CLIPTextTower
 
         return CLIPTextTower(cfg, vocab_size=vocab_size, dtype=dtype, rngs=rngs)
-    return TextEncoder(cfg, vocab_size=vocab_size, dtype=dtype, rngs=rngs)
+    return TextEncoder(cfg, vocab_size=vocab_size, dtype=dtype, remat=remat, rngs=rngs)

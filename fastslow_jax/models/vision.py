@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from fastslow_jax.parallel import constrain
+
 PYRAMID_LEVELS = ("C3", "C4", "C5")
 
 
@@ -118,7 +120,7 @@ class TinyCNN(nnx.Module):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i >= 1:
-                feats[f"C{i + 2}"] = x
+                feats[f"C{i + 2}"] = constrain(x, ("batch", None, None, "conv_out"))
         return feats
 
 
@@ -197,7 +199,7 @@ class ResNet(nnx.Module):
         for i, blocks in enumerate(self.stages):
             for block in blocks:
                 x = block(x, train=train)
-            feats[f"C{i + 2}"] = x
+            feats[f"C{i + 2}"] = constrain(x, ("batch", None, None, "conv_out"))
         return {k: feats[k] for k in PYRAMID_LEVELS}
 
 

@@ -94,7 +94,6 @@ class FastScorer(_Sharded):
         sh = (*self.params_sh, run.batch_sharding)
         self._image_fn = jax.jit(image_fn, in_shardings=sh, out_shardings=self.repl)
         self._text_fn = jax.jit(text_fn, in_shardings=sh, out_shardings=self.repl)
-        self._topk_fn = jax.jit(lambda q, g, k: jax.lax.top_k(q @ g.T, k), static_argnums=2)
 
     def embed_images(self, state, split: EvalSplit) -> np.ndarray:
         out = []
@@ -114,13 +113,18 @@ class FastScorer(_Sharded):
             yield self._text_fn(state["params"], state["rest"], self._global(tok(chunk)))[:n]
 
     def search(self, state, texts: Sequence[str], gallery: np.ndarray, k: int) -> tuple[np.ndarray, float]:
-        """Exact top-k image indices [Q, k] for ``texts``, and the measured ms per query (after warm-up)."""
-        g = jnp.asarray(gallery)
+        """Exact top-k image indices [Q, k] for ``texts``, and the measured ms per query (after warm-up).
+
+        The gallery's rows are split over every device of the mesh (and host); per-shard top-k lists
+        are merged into the global one (``parallel.sharded_top_k``), identical to one device's."""
+        mesh = self.run.mesh
         k = min(k, len(gallery))
+        g = parallel.shard_rows(gallery, mesh)
+        topk = lambda e: parallel.sharded_top_k(e, g, k, mesh, num_rows=len(gallery))
         warm = list(texts[: self.batch_size])
-        jax.block_until_ready([self._topk_fn(e, g, k) for e in self._text_batches(state, warm)])
+        jax.block_until_ready([topk(e) for e in self._text_batches(state, warm)])
         t0 = time.perf_counter()
-        out = [self._topk_fn(e, g, k) for e in self._text_batches(state, texts)]
+        out = [topk(e) for e in self._text_batches(state, texts)]
         jax.block_until_ready(out)
         ms = 1000.0 * (time.perf_counter() - t0) / max(len(texts), 1)
         return np.concatenate([np.asarray(i) for _, i in out]), ms
@@ -177,8 +181,20 @@ class SlowScorer(_Sharded):
         self._candidates_images_fn = jax.jit(candidates_images_fn)
 
     def gallery_cache(self, state, split: EvalSplit):
+        return self._concat_caches(state, split.image_batches(self.batch_size))
+
+    def images_cache(self, state, images: np.ndarray):
+        """The visual cache of host images [N, H, W, 3] (any N; batches padded to eval.batch_size)."""
+        def batches():
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start:start + self.batch_size]
+                n = len(chunk)
+                yield np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - n, axis=0)]), n
+        return self._concat_caches(state, batches())
+
+    def _concat_caches(self, state, batches):
         parts = []
-        for images, n in split.image_batches(self.batch_size):
+        for images, n in batches:
             c = self._cache_fn(state["params"], state["rest"], self._global(images))
             parts.append(jax.tree.map(lambda x: x[:n], c))
         return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)

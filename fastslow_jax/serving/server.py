@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
-import os
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit

@@ -119,19 +119,49 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Run:
 
 
 def make_train_step(run: Run):
+    """The jitted step. ``train.grad_accum`` = A > 1 splits each batch into A micro-batches (rows
+    a, a+A, a+2A, ... so every micro-batch stays spread over all devices), runs them one after the
+    other (``lax.scan``, carrying e.g. BatchNorm statistics) and applies the mean of their gradients
+    once: the loss is the mean of the micro-batch losses (for InfoNCE, negatives come from the
+    micro-batch). Activations are pinned by the rules table (``parallel.constrain``)."""
     graphdef, task, config, tx, schedule = run.graphdef, run.task, run.config, run.tx, run.schedule
-    trainable = run.trainable
+    trainable, mesh, rules = run.trainable, run.mesh, run.rules
+    accum = int(config.train.get("grad_accum", 1))
 
-    def train_step(state, batch, rng):
-        step_rng = jax.random.fold_in(rng, state["step"])
-
+    def grads_of(params, rest, batch, step_rng):
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state["rest"], copy=True)
-            loss, metrics = task.loss_fn(model, batch, step_rng, config)
+            model = nnx.merge(graphdef, params, rest, copy=True)
+            with parallel.activation_sharding(mesh, rules):
+                loss, metrics = task.loss_fn(model, batch, step_rng, config)
             _, _, new_rest = nnx.split(model, trainable, ...)
             return loss, (metrics, new_rest)
 
-        (_, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        (_, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, metrics, new_rest
+
+    def train_step(state, batch, rng):
+        step_rng = jax.random.fold_in(rng, state["step"])
+        if accum == 1:
+            grads, metrics, new_rest = grads_of(state["params"], state["rest"], batch, step_rng)
+        else:
+            micro_sh = NamedSharding(mesh, jax.sharding.PartitionSpec(None, *run.batch_sharding.spec))
+
+            def split(x):  # [B, ...] -> [A, B/A, ...]; micro-batch a = rows a, a+A, ...
+                x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+                return jax.lax.with_sharding_constraint(
+                    x, NamedSharding(mesh, jax.sharding.PartitionSpec(*micro_sh.spec[:x.ndim])))
+
+            def body(carry, xs):
+                grad_sum, rest = carry
+                a, micro = xs
+                grads, metrics, rest = grads_of(state["params"], rest, micro, jax.random.fold_in(step_rng, a))
+                return (jax.tree.map(jnp.add, grad_sum, grads), rest), metrics
+
+            zeros = jax.tree.map(jnp.zeros_like, state["params"])
+            (grad_sum, new_rest), metrics = jax.lax.scan(
+                body, (zeros, state["rest"]), (jnp.arange(accum), jax.tree.map(split, batch)))
+            grads = jax.tree.map(lambda g: g / accum, grad_sum)
+            metrics = jax.tree.map(lambda m: m.mean(0), metrics)
         updates, opt = tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
@@ -222,11 +252,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     run = setup(config, devices)
     tcfg = config.train
     total = int(tcfg.steps)
-    if tcfg.batch_size % parallel.batch_divisor(run.mesh, run.rules):
-        raise ValueError(f"train.batch_size {tcfg.batch_size} must be divisible by the "
+    stop = min(total, int(tcfg.get("stop_after", 0)) or total)  # a time-sliced job: resume later to go on
+    div = parallel.batch_divisor(run.mesh, run.rules) * int(tcfg.get("grad_accum", 1))
+    if int(tcfg.get("grad_accum", 1)) < 1 or tcfg.batch_size % div:
+        raise ValueError(f"train.batch_size {tcfg.batch_size} must be divisible by train.grad_accum "
+                         f"({tcfg.get('grad_accum', 1)}, at least 1) times the "
                          f"{parallel.batch_divisor(run.mesh, run.rules)} devices the batch is split over")
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tcfg.keep_checkpoints)
     writer = MetricWriter(workdir)
+    parallel.prepare_once(lambda: pipeline.get_builder(config.data), "dataset")
     extras = run.task.data_extras(run, workdir) if hasattr(run.task, "data_extras") else None
     it = pipeline.train_iterator(pipeline.train_dataset(config, run.tokenizer, extras=extras))
     start = 0
@@ -253,7 +287,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                desc=f"train {config.task}", unit="step", dynamic_ncols=True, mininterval=1.0)
     pending, t_last, n_last = None, time.perf_counter(), start
     try:
-        for step in range(start, total):
+        for step in range(start, stop):
             batch = parallel.host_to_global(next(it), run.batch_sharding)
             if step == start:
                 t0 = time.perf_counter()
@@ -266,14 +300,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
             pending = (step + 1, metrics)
             done = step + 1
             bar.update(1)
-            if done % tcfg.log_every == 0 or done == total:
+            if done % tcfg.log_every == 0 or done == stop:
                 values = _check_finite(*pending, ckpt)
                 now = time.perf_counter()
                 values["examples_per_s"] = (done - n_last) * tcfg.batch_size / max(now - t_last, 1e-9)
                 t_last, n_last = now, done
                 writer.write(done, "train", values)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", ex_s=f"{values['examples_per_s']:.0f}")
-            if done % tcfg.checkpoint_every == 0 or done == total:
+            if done % tcfg.checkpoint_every == 0 or done == stop:
                 _check_finite(*pending, ckpt)
                 ckpt.save(done, state, it.get_state())
             if config.eval.every and (done % config.eval.every == 0 or done == total):

@@ -29,6 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.distill.in_batch_topm = 0  # in_batch: > 0 = each caption vs its image + the student's M-1 hardest in the batch
     c.distill.topm = 4 if tiny else 8  # topm: candidates per caption (needs distill.student_init)
     c.distill.tau_teacher = 0.5  # on per-caption z-scored teacher log-likelihoods
-    c.distill.tau_student = 0.05  # on student cosine similarities; <= 0: the student's learned temperature
+    c.distill.tau_student = -1.0  # on student cosine similarities; <= 0: the student's learned temperature
     c.distill.weight = 1.0  # lambda
     return c

@@ -30,8 +30,11 @@ DEFAULT_DATA_DIR = os.environ.get("FASTSLOW_DATA_DIR", os.path.expanduser("~/.ca
 
 
 def _builder_registry():
+    from fastslow_jax.data.builders.cc3m import Cc3m
+    from fastslow_jax.data.builders.jsonl import Jsonl
+    from fastslow_jax.data.builders.karpathy import CocoKarpathy, Flickr30k
     from fastslow_jax.data.builders.shapes import Shapes
-    return {"shapes": Shapes}
+    return {"shapes": Shapes, "jsonl": Jsonl, "flickr30k": Flickr30k, "coco_karpathy": CocoKarpathy, "cc3m": Cc3m}
 
 
 def get_builder(data_cfg: ml_collections.ConfigDict, *, prepare: bool = True):

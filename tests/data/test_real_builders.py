@@ -1,0 +1,344 @@
+"""The builders over users' files (jsonl, flickr30k, coco_karpathy, cc3m) on tiny fixtures written in the
+published layouts, broken files included: every defect is counted, reported, and the other rows intact."""
+import glob
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastslow_jax.data.builders import base
+from fastslow_jax.data.builders.cc3m import Cc3m
+from fastslow_jax.data.builders.jsonl import Jsonl
+from fastslow_jax.data.builders.karpathy import CocoKarpathy, Flickr30k
+
+
+def _pixels(i: int, size: int = 16) -> np.ndarray:
+    """A distinct image per index (gradient + index-dependent colour)."""
+    y, x = np.mgrid[0:size, 0:size]
+    return np.stack([(x * 16 + i) % 256, (y * 16 + 3 * i) % 256, np.full_like(x, (7 * i) % 256)], -1).astype(np.uint8)
+
+
+def _save(path, arr, fmt=None, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt, **kw)
+    return path
+
+
+def _build(cls, manual, data_dir, config=None):
+    import tensorflow_datasets as tfds
+    b = cls(config=config, data_dir=str(data_dir))
+    b.download_and_prepare(file_format="array_record",
+                           download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    b = cls(config=config, data_dir=str(data_dir))
+    return b, base.read_report(b)
+
+
+def _records(builder, split):
+    src = builder.as_data_source(split)
+    return [src[i] for i in range(len(src))]
+
+
+def _text(x):
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _caps(ex):
+    return [_text(c) for c in ex["captions"]]
+
+
+def _problems(report, split):
+    return {k: p["count"] for k, p in report.splits[split]["problems"].items()}
+
+
+# ------------------------------------------------------------------ the done-when fixture: 100 rows, 15 broken
+
+
+def _write_hundred(root):
+    """100 jsonl rows: 3 missing, 3 corrupt, 4 truncated images; 2 empty, 1 whitespace-only, 1 non-UTF-8 and
+    1 very long caption; the other 85 rows plain. Returns the expected good rows {id: (pixels, captions)}."""
+    os.makedirs(root / "imgs", exist_ok=True)
+    lines, good = [], {}
+    missing, corrupt, truncated = {5, 17, 60}, {8, 33, 71}, {12, 44, 80, 99}
+    empty, blank, latin, long_ = {21, 52}, {63}, {27}, {90}
+    for i in range(100):
+        rel = f"imgs/{i:03d}." + ("png" if i % 2 else "jpg")
+        arr = _pixels(i)
+        caption = f"picture number {i}"
+        if i not in missing:
+            _save(str(root / rel), arr, quality=95)
+        if i in corrupt:
+            (root / rel).write_bytes(b"this is not an image" * 3)
+        if i in truncated:
+            data = (root / rel).read_bytes()
+            (root / rel).write_bytes(data[: len(data) * 2 // 3])
+        if i in empty:
+            caption = ""
+        if i in blank:
+            caption = "  \n\t "
+        if i in long_:
+            caption = "word " * 400
+        line = json.dumps({"image": rel, "caption": [caption] if i % 3 else caption, "id": f"r{i:03d}"}).encode()
+        if i in latin:
+            line = line.replace(f"picture number {i}".encode(), b"caf\xe9 number 27")
+        lines.append(line)
+        if i not in missing | corrupt | truncated | empty | blank:
+            decoded = np.asarray(Image.open(root / rel).convert("RGB"))
+            cap = {27: "café number 27"}.get(i, caption)
+            good[f"r{i:03d}"] = (decoded, cap)
+    (root / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    return good
+
+
+def test_hundred_rows_with_ten_broken_images_and_five_broken_captions(tmp_path, capsys):
+    manual = tmp_path / "manual"
+    good = _write_hundred(manual)
+    builder, report = _build(Jsonl, manual, tmp_path / "data")
+    s = report.splits["train"]
+    assert (s["rows"], s["written"], s["skipped"]) == (100, 87, 13)
+    assert _problems(report, "train") == {
+        "image_missing": 3, "image_corrupt": 3, "image_truncated": 4,  # the 10 broken images
+        "caption_empty": 3, "caption_not_utf8": 1, "caption_too_long": 1,  # the 5 broken captions
+        "no_caption": 3,  # the rows left without a caption (empty / whitespace-only), skipped
+    }
+    probs = s["problems"]
+    assert sorted(e["id"] for e in probs["image_missing"]["examples"]) == ["r005", "r017", "r060"]
+    assert sorted(e["id"] for e in probs["image_truncated"]["examples"]) == ["r012", "r044", "r080", "r099"]
+    assert sorted(e["id"] for e in probs["no_caption"]["examples"]) == ["r021", "r052", "r063"]
+    assert probs["image_corrupt"]["action"] == "skipped" and probs["caption_too_long"]["action"] == "repaired"
+    text = base.format_report(report)
+    assert "87 written, 13 skipped" in text and "image_truncated" in text and "r044" in text
+
+    recs = _records(builder, "train")
+    assert [_text(r["image_id"]) for r in recs] == sorted(good)  # source order, nothing else dropped
+    for r in recs:
+        pixels, cap = good[_text(r["image_id"])]
+        np.testing.assert_array_equal(r["image"], pixels)  # stored byte for byte: decodes identically
+        if r["image_id"] in (b"r090", "r090"):
+            (c,) = _caps(r)
+            assert len(c) <= 512 and c.startswith("word word") and c.endswith("word")
+        else:
+            assert _caps(r) == [cap]
+
+    # rebuilding is idempotent: the same record files, byte for byte, and the same report
+    def digest():
+        files = sorted(glob.glob(os.path.join(builder.data_dir, "*.array_record*")))
+        assert files
+        return [hashlib.sha1(open(f, "rb").read()).hexdigest() for f in files]
+    before = digest()
+    from fastslow_jax.data import build
+    out = []
+    build.build("jsonl", manual_dir=str(manual), data_dir=str(tmp_path / "data"), force=True, out=out.append)
+    assert digest() == before
+    assert base.read_report(builder).to_json() == report.to_json()
+    assert "87 written, 13 skipped" in out[0] and out[-1].startswith("jsonl: 87 train examples")
+
+
+def test_image_modes_are_converted_and_reported(tmp_path):
+    m = tmp_path / "m"
+    rows = []
+
+    def add(name, img, fmt, **kw):
+        os.makedirs(m / "i", exist_ok=True)
+        img.save(m / "i" / name, format=fmt, **kw)
+        rows.append({"image": f"i/{name}", "caption": name})
+
+    add("gray.png", Image.fromarray(np.full((8, 8), 77, np.uint8), "L"), "PNG")
+    add("cmyk.tif", Image.new("CMYK", (8, 8), (0, 0, 255, 0)), "TIFF")
+    pal = Image.new("P", (8, 8))
+    pal.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    pal.putpixel((0, 0), 1)
+    add("pal.png", pal, "PNG")
+    add("deep.png", Image.fromarray(np.full((8, 8), 32896, np.uint16)), "PNG")  # 16-bit gray, half scale
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[..., 3] = 128
+    rgba[0, 0, 3] = 0
+    add("alpha.png", Image.fromarray(rgba, "RGBA"), "PNG")
+    add("huge.png", Image.fromarray(np.zeros((100, 2000, 3), np.uint8)), "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    add("rot.jpg", Image.fromarray(np.zeros((10, 20, 3), np.uint8)), "JPEG", exif=exif)
+    rows.append({"image": "i/gray.png", "caption": "again", "id": "i/gray.png"})  # duplicate id
+    _save(str(tmp_path / "outside.png"), _pixels(2))
+    rows.append({"image": "../outside.png", "caption": "escape"})
+    rows.append({"image": str(m / "i" / "gray.png"), "caption": "absolute"})
+    os.symlink(str(tmp_path / "elsewhere.png"), m / "i" / "link.png")
+    _save(str(tmp_path / "elsewhere.png"), _pixels(1))
+    rows.append({"image": "i/link.png", "caption": "symlink out"})
+    lines = [json.dumps(r) for r in rows] + ["not json", '{"image": 3, "caption": "x"}', ""]
+    (m / "test.jsonl").write_text("\n".join(lines))
+
+    builder, report = _build(Jsonl, m, tmp_path / "d")
+    assert _problems(report, "test") == {
+        "image_grayscale": 1, "image_cmyk": 1, "image_palette": 1, "image_16bit": 1, "image_alpha": 1,
+        "image_resized": 1, "image_exif_rotated": 1, "duplicate_id": 1, "image_path_outside": 3, "bad_row": 2}
+    recs = {_text(r["image_id"]): r["image"] for r in _records(builder, "test")}
+    assert sorted(recs) == ["i/alpha.png", "i/cmyk.tif", "i/deep.png", "i/gray.png", "i/huge.png", "i/pal.png",
+                            "i/rot.jpg"]
+    assert (recs["i/gray.png"] == 77).all()
+    assert (recs["i/cmyk.tif"] == [255, 255, 0]).all()  # yellow ink only
+    assert tuple(recs["i/pal.png"][0, 0]) == (200, 100, 50) and tuple(recs["i/pal.png"][1, 1]) == (10, 20, 30)
+    assert (recs["i/deep.png"] == 128).all()  # 32896 / 65535 * 255
+    assert tuple(recs["i/alpha.png"][0, 0]) == (255, 255, 255)  # fully transparent -> white
+    np.testing.assert_allclose(recs["i/alpha.png"][1, 1], [255, 127, 127], atol=1)  # half red over white
+    assert recs["i/huge.png"].shape == (26, 512, 3)  # 2000x100 -> 512 x round(25.6)
+    assert recs["i/rot.jpg"].shape == (20, 10, 3)  # upright
+
+    # the same folder with absolute / outside paths allowed: those rows are written
+    builder, report = _build(Jsonl, m, tmp_path / "d2", config="allow_absolute")
+    assert "image_path_outside" not in _problems(report, "test")
+    assert len(_records(builder, "test")) == 7 + 3
+
+
+def test_prepare_image_limits():
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(buf, format="JPEG")
+    with pytest.raises(base.RowProblem) as err:
+        base.prepare_image(buf.getvalue(), max_side=512, max_pixels=1999)
+    assert err.value.kind == "image_too_large" and "2000 pixels" in err.value.detail
+    data, notes = base.prepare_image(buf.getvalue(), max_side=512, max_pixels=2000)
+    assert data == buf.getvalue() and notes == []  # untouched JPEG: stored as is
+    with pytest.raises(base.RowProblem) as err:
+        base.prepare_image(b"", max_side=512, max_pixels=10)
+    assert err.value.kind == "image_corrupt"
+
+
+def test_clean_captions():
+    caps, notes = base.clean_captions(["  a  dog\n runs ", "a dog runs", "", b"na\xefve", "x" * 30], max_chars=20)
+    assert caps == ["a dog runs", "naïve", "x" * 20]
+    assert [k for k, _ in notes] == ["caption_whitespace", "caption_duplicate", "caption_empty",
+                                     "caption_not_utf8", "caption_too_long"]
+
+
+# ------------------------------------------------------------------ Karpathy splits
+
+
+def _sent(raw):
+    return {"tokens": raw.lower().split(), "raw": raw, "imgid": 0, "sentid": 0}
+
+
+def test_flickr30k_karpathy_layout(tmp_path):
+    m = tmp_path / "flickr"
+    images = []
+    for n, (fn, split) in enumerate([("1000092795.jpg", "train"), ("10002456.jpg", "train"),
+                                     ("1000268201.jpg", "val"), ("1000344755.jpg", "test"),
+                                     ("1000366164.jpg", "test"), ("missing.jpg", "train")]):
+        if fn != "missing.jpg":
+            _save(str(m / "flickr30k-images" / fn), _pixels(n), quality=95)
+        images.append({"sentids": [5 * n + k for k in range(5)], "imgid": n, "split": split, "filename": fn,
+                       "sentences": [_sent(f"Image {n} caption {k} .") for k in range(5)]})
+    images[1]["sentences"] = [_sent(" "), _sent("")]  # no usable caption
+    images.append(dict(images[0]))  # the same image listed twice
+    (m / "dataset_flickr30k.json").write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
+    builder, report = _build(Flickr30k, m, tmp_path / "d")
+    assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == \
+        {"train": 1, "validation": 1, "test": 2}
+    assert _problems(report, "train") == {"image_missing": 1, "no_caption": 1, "caption_empty": 2,
+                                          "duplicate_id": 1}
+    (test0, test1) = _records(builder, "test")
+    assert _text(test0["image_id"]) == "1000344755" and _text(test1["image_id"]) == "1000366164"
+    assert _caps(test0) == [f"Image 3 caption {k} ." for k in range(5)]
+    np.testing.assert_array_equal(
+        test1["image"], np.asarray(Image.open(m / "flickr30k-images" / "1000366164.jpg").convert("RGB")))
+
+
+def test_coco_karpathy_layout_with_restval(tmp_path):
+    m = tmp_path / "coco"
+    entries = [("val2014", "COCO_val2014_000000391895.jpg", 391895, "test"),
+               ("val2014", "COCO_val2014_000000522418.jpg", 522418, "restval"),
+               ("train2014", "COCO_train2014_000000318556.jpg", 318556, "train"),
+               ("val2014", "COCO_val2014_000000184613.jpg", 184613, "val"),
+               ("val2014", "COCO_val2014_000000060623.jpg", 60623, "test")]
+    images = []
+    for n, (fp, fn, cid, split) in enumerate(entries):
+        path = _save(str(m / fp / fn), _pixels(n), quality=95)
+        if cid == 60623:
+            open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # corrupt
+        images.append({"filepath": fp, "sentids": [n], "filename": fn, "imgid": n, "split": split,
+                       "sentences": [_sent(f"coco {cid} a"), _sent(f"coco {cid} b")], "cocoid": cid})
+    (m / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    builder, report = _build(CocoKarpathy, m, tmp_path / "d")
+    ids = {s: [_text(r["image_id"]) for r in _records(builder, s)] for s in ("train", "validation", "test")}
+    assert ids == {"train": ["522418", "318556"], "validation": ["184613"], "test": ["391895"]}
+    assert _problems(report, "test") == {"image_corrupt": 1}
+    assert _caps(_records(builder, "test")[0]) == ["coco 391895 a", "coco 391895 b"]
+
+
+# ------------------------------------------------------------------ CC3M + img2dataset
+
+
+def test_cc3m_tsv_with_img2dataset_files_and_webdataset(tmp_path):
+    m = tmp_path / "cc3m"
+    os.makedirs(m, exist_ok=True)
+    urls = [f"http://example.com/img{i}.jpg" for i in range(8)]
+    caps = [f"actor attends the premiere {i}" for i in range(8)]
+    (m / "Train_GCC-training.tsv").write_text("".join(f"{c}\t{u}\n" for c, u in zip(caps[:6], urls[:6])))
+    (m / "Validation_GCC-1.1.0-Validation.tsv").write_text(
+        "caption\turl\n" + "".join(f"{c}\t{u}\n" for c, u in zip(caps[6:], urls[6:])) + "only one field\n")
+    # img2dataset "files" output: rows 0, 2 of train; row 6 of validation
+    for key, i in (("000000000", 0), ("000000002", 2), ("000000003", 6)):
+        _save(str(m / "train_out" / "00000" / f"{key}.jpg"), _pixels(i), quality=95)
+        (m / "train_out" / "00000" / f"{key}.json").write_text(json.dumps({"url": urls[i], "key": key,
+                                                                            "status": "success"}))
+    # img2dataset "webdataset" output: rows 3 and 5 in one shard
+    os.makedirs(m / "wds", exist_ok=True)
+    with tarfile.open(m / "wds" / "00001.tar", "w") as tar:
+        for key, i in (("000010003", 3), ("000010005", 5)):
+            for name, data in ((f"{key}.jpg", _jpeg(_pixels(i))), (f"{key}.txt", caps[i].encode()),
+                               (f"{key}.json", json.dumps({"url": urls[i]}).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    builder, report = _build(Cc3m, m, tmp_path / "d")
+    train = _records(builder, "train")
+    assert [_text(r["image_id"]) for r in train] == ["train_0000000", "train_0000002", "train_0000003",
+                                                     "train_0000005"]
+    assert [_caps(r) for r in train] == [[caps[i]] for i in (0, 2, 3, 5)]
+    np.testing.assert_array_equal(train[2]["image"], np.asarray(Image.open(io.BytesIO(_jpeg(_pixels(3))))))
+    assert _problems(report, "train") == {"image_missing": 2}  # rows 1 and 4 were never downloaded
+    assert _problems(report, "validation") == {"image_missing": 1, "bad_row": 1}
+    assert [_text(r["image_id"]) for r in _records(builder, "validation")] == ["validation_0000000"]
+
+
+def _jpeg(arr):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ the one data path and the CLI
+
+
+def test_jsonl_feeds_the_grain_pipeline_and_cli(tmp_path, capsys):
+    from fastslow_jax import cli
+    from fastslow_jax.data import pipeline
+    from tests.conftest import tiny_config
+
+    m = tmp_path / "m"
+    rows = []
+    for i in range(8):
+        _save(str(m / "im" / f"{i}.png"), _pixels(i, 64))
+        rows.append({"image": f"im/{i}.png", "caption": [f"a red circle {i % 2}", "a blue square"]})
+    for split in ("train", "test"):
+        (m / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert cli.main(["data", "build", "jsonl", "--manual-dir", str(m), "--data-dir", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "train: 8 rows read, 8 written, 0 skipped" in out and "jsonl: 8 train, 8 test examples" in out
+    assert cli.main(["data", "build", "jsonl", "--manual-dir", str(tmp_path / "nope")]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+
+    cfg = tiny_config()
+    with cfg.unlocked():
+        cfg.data.name, cfg.data.data_dir = "jsonl", str(tmp_path / "d")
+        cfg.train.batch_size = 4
+    batch = pipeline.train_dataset(cfg, pipeline.make_tokenizer(cfg.data))[0]
+    assert batch["image"].shape == (4, 64, 64, 3)
+    pixels = {_pixels(i, 64).tobytes() for i in range(8)}
+    assert all(img.tobytes() in pixels for img in batch["image"])
+    ev = pipeline.EvalSplit(cfg.data, "test")
+    assert ev.image_ids == [f"im/{i}.png" for i in range(8)] and len(ev.captions) == 16

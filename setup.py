@@ -31,8 +31,9 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=9", "pytest-timeout>=2.3", "selenium>=4.20"],
+        "test": ["pytest>=9", "pytest-timeout>=2.3", "selenium>=4.20", "av>=14"],
         "bench": ["faiss-cpu>=1.8", "matplotlib>=3.8"],
+        "video": ["av>=14"],  # VATEX clips (fastslow data build vatex); pre-extracted frames need nothing
     },
     entry_points={"console_scripts": ["fastslow=fastslow_jax.cli:main"]},
 )

@@ -34,7 +34,9 @@ def _builder_registry():
     from fastslow_jax.data.builders.jsonl import Jsonl
     from fastslow_jax.data.builders.karpathy import CocoKarpathy, Flickr30k
     from fastslow_jax.data.builders.shapes import Shapes
-    return {"shapes": Shapes, "jsonl": Jsonl, "flickr30k": Flickr30k, "coco_karpathy": CocoKarpathy, "cc3m": Cc3m}
+    from fastslow_jax.data.builders.vatex import Vatex
+    return {"shapes": Shapes, "jsonl": Jsonl, "flickr30k": Flickr30k, "coco_karpathy": CocoKarpathy, "cc3m": Cc3m,
+            "vatex": Vatex}
 
 
 def get_builder(data_cfg: ml_collections.ConfigDict, *, prepare: bool = True):

@@ -342,3 +342,58 @@ def test_jsonl_feeds_the_grain_pipeline_and_cli(tmp_path, capsys):
     assert all(img.tobytes() in pixels for img in batch["image"])
     ev = pipeline.EvalSplit(cfg.data, "test")
     assert ev.image_ids == [f"im/{i}.png" for i in range(8)] and len(ev.captions) == 16
+
+
+# ------------------------------------------------------------------ VATEX: published JSON + clips or frames
+
+
+def _write_clip(path, values, size=(32, 24), codec="mpeg4"):
+    import av
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = {"qscale": "2"}
+        for v in values:
+            frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), v, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_vatex_clips_and_frames(tmp_path):
+    from fastslow_jax.data import pipeline
+    from fastslow_jax.data.builders.vatex import Vatex, sample_indices
+
+    assert sample_indices(12, 4) == [1, 4, 7, 10] and sample_indices(5, 4) == [0, 1, 3, 4]
+    assert sample_indices(3, 4) == [0, 1, 1, 2]
+    m = tmp_path / "vatex"
+    _write_clip(m / "clips" / "Ptf_2VRj-V0_000122_000132.mp4", [20 * i for i in range(12)])
+    _write_clip(m / "clips" / "short_000001_000011.mp4", [30, 120, 210])
+    (m / "clips").joinpath("corrupt_000000_000010.mp4").write_bytes(b"\0\0\0\x18ftypmp42" + b"garbage" * 20)
+    for i, v in enumerate([10, 60, 110, 160, 210]):
+        _save(str(m / "frames" / "frames0_000005_000015" / f"{i + 1:06d}.png"),
+              np.full((24, 32, 3) if i != 1 else (12, 16, 3), v, np.uint8))  # one sampled frame smaller
+    caps = lambda v: [f"{v} caption {k}" for k in range(10)]  # noqa: E731
+    entries = [{"videoID": v, "enCap": caps(v), "chCap": ["中文"] * 10}
+               for v in ("Ptf_2VRj-V0_000122_000132", "short_000001_000011", "corrupt_000000_000010",
+                         "frames0_000005_000015", "missing_000000_000010")]
+    entries.append({"videoID": "../etc", "enCap": ["x"]})
+    (m / "vatex_validation_v1.0.json").write_text(json.dumps(entries))
+    builder, report = _build(Vatex, m, tmp_path / "d", config="t4")
+    assert list(builder.info.splits) == ["validation"]
+    assert _problems(report, "validation") == {"image_corrupt": 1, "image_missing": 1, "image_path_outside": 1,
+                                               "video_short": 1, "video_frame_size": 1}
+    recs = {_text(r["image_id"]): r for r in _records(builder, "validation")}
+    for r in recs.values():  # TFDS returns the frames as a list; the pipeline's _decode_image stacks them
+        r["image"] = pipeline._decode_image(r["image"])
+    assert sorted(recs) == ["Ptf_2VRj-V0_000122_000132", "frames0_000005_000015", "short_000001_000011"]
+    clip = recs["Ptf_2VRj-V0_000122_000132"]
+    assert clip["image"].shape == (4, 24, 32, 3) and _caps(clip) == caps("Ptf_2VRj-V0_000122_000132")
+    np.testing.assert_allclose(clip["image"].reshape(4, -1).mean(1), [20, 80, 140, 200], atol=6)
+    np.testing.assert_allclose(recs["short_000001_000011"]["image"].reshape(4, -1).mean(1), [30, 120, 120, 210],
+                               atol=6)
+    frames = recs["frames0_000005_000015"]["image"]
+    assert frames.shape == (4, 24, 32, 3)
+    np.testing.assert_allclose(frames.reshape(4, -1).mean(1), [10, 60, 160, 210], atol=2)

@@ -57,6 +57,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "image_other_mode": ("repaired", "image in another colour mode converted to RGB"),
     "image_exif_rotated": ("repaired", "EXIF orientation applied"),
     "image_resized": ("repaired", "image longer than max_side shrunk"),
+    "video_short": ("repaired", "clip has fewer frames than num_frames; frames repeated"),
+    "video_frame_size": ("repaired", "pre-extracted frames of unequal size resized to the first frame's"),
     "caption_empty": ("repaired", "empty or whitespace-only caption dropped"),
     "caption_whitespace": ("repaired", "newlines, tabs or repeated spaces collapsed"),
     "caption_not_utf8": ("repaired", "caption bytes were not UTF-8; re-decoded as cp1252/latin-1"),
@@ -365,7 +367,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
             description=(type(self).__doc__ or "").strip().split("\n\n")[0],
             features=tfds.features.FeaturesDict({
                 "image_id": tfds.features.Text(),
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "image": self._image_feature(),
                 "captions": tfds.features.Sequence(tfds.features.Text()),
                 **self.EXTRA_FEATURES,
             }),
@@ -373,6 +375,14 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,  # source order: record i is the i-th row written
             homepage=self.HOMEPAGE or None,
         )
+
+    def _image_feature(self):
+        return tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
+
+    def _visual(self, row: Row) -> tuple[object, list[tuple[str, str]]]:
+        """The stored ``image`` value of a row and the repairs made; raises `RowProblem` or OSError."""
+        cfg = self.builder_config
+        return prepare_image(_read_source(row.image), max_side=cfg.max_side, max_pixels=cfg.max_pixels)
 
     def _download_and_prepare(self, dl_manager, download_config):  # noqa: D401 - tfds hook
         self.report = BuildReport(f"{self.name}/{self.builder_config.name}")
@@ -434,7 +444,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
             report.add(split, "no_caption", row.id, f"{len(row.captions)} caption(s), none usable", row.where)
             return None
         try:
-            data, notes = prepare_image(_read_source(row.image), max_side=cfg.max_side, max_pixels=cfg.max_pixels)
+            data, notes = self._visual(row)
         except RowProblem as p:
             report.add(split, p.kind, row.id, p.detail, row.where)
             return None

@@ -344,6 +344,41 @@ def test_jsonl_feeds_the_grain_pipeline_and_cli(tmp_path, capsys):
     assert ev.image_ids == [f"im/{i}.png" for i in range(8)] and len(ev.captions) == 16
 
 
+def test_mixed_image_sizes_batch_with_data_image_size(tmp_path):
+    """Real datasets have images of many sizes: data.image_size resizes (shorter side to 8/7 of it) and
+    centre-crops each one, for training and evaluation alike."""
+    from fastslow_jax.data import pipeline
+    from tests.conftest import tiny_config
+
+    m = tmp_path / "m"
+    rows = []
+    for i, (h, w) in enumerate([(40, 70), (90, 30), (32, 32), (200, 100)]):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[..., i % 3] = 50 + 40 * i  # one flat colour: unchanged by any resize
+        img[:, : w // 8] = 255  # a white strip on the left that the centre crop removes when w > h
+        _save(str(m / f"{i}.png"), img)
+        rows.append({"image": f"{i}.png", "caption": f"colour {i}"})
+    for split in ("train", "test"):
+        (m / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = tiny_config()
+    with cfg.unlocked():
+        cfg.data.name, cfg.data.data_dir, cfg.data.manual_dir = "jsonl", str(tmp_path / "d"), str(m)
+        cfg.data.image_size = 16
+        cfg.train.batch_size = 4
+    batch = pipeline.train_dataset(cfg, pipeline.make_tokenizer(cfg.data))[0]
+    assert batch["image"].shape == (4, 16, 16, 3)
+    ev = pipeline.EvalSplit(cfg.data, "test")
+    images = ev.images([0, 1, 2, 3])
+    assert images.shape == (4, 16, 16, 3)
+    # image 0 (40x70): shorter side 40 -> 18, width 32; the centre 16 columns miss the 4-column strip
+    expected0 = np.zeros(3, np.uint8)
+    expected0[0] = 50
+    assert (images[0] == expected0).all()
+    assert (images[2][:, 2:] == [0, 0, 130]).all() and (images[2][:, 0] == 255).all()  # 32x32: strip kept
+    stacked = np.concatenate([b[:n] for b, n in ev.image_batches(3)])
+    np.testing.assert_array_equal(stacked, images)
+
+
 # ------------------------------------------------------------------ VATEX: published JSON + clips or frames
 
 

@@ -53,7 +53,7 @@ def _data_parsers(sub) -> None:
     d = sub.add_parser("data", help="prepare datasets", description="Prepare datasets (TFDS array_record).")
     dsub = d.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("build", help="build a dataset from local files, with a progress bar and a defect report",
-                        description="Build NAME (shapes, jsonl, flickr30k, coco_karpathy, cc3m, vatex; NAME/config picks "
+                        description="Build NAME (shapes, jsonl, flickr30k, coco_karpathy, cc3m, vatex, emoji; NAME/config picks "
                                     "a config, e.g. jsonl/allow_absolute) from the files in --manual-dir. Broken "
                                     "rows are repaired or skipped, counted and reported at the end (also written "
                                     "to build_report.json next to the data).")

@@ -31,12 +31,13 @@ DEFAULT_DATA_DIR = os.environ.get("FASTSLOW_DATA_DIR", os.path.expanduser("~/.ca
 
 def _builder_registry():
     from fastslow_jax.data.builders.cc3m import Cc3m
+    from fastslow_jax.data.builders.emoji import Emoji
     from fastslow_jax.data.builders.jsonl import Jsonl
     from fastslow_jax.data.builders.karpathy import CocoKarpathy, Flickr30k
     from fastslow_jax.data.builders.shapes import Shapes
     from fastslow_jax.data.builders.vatex import Vatex
     return {"shapes": Shapes, "jsonl": Jsonl, "flickr30k": Flickr30k, "coco_karpathy": CocoKarpathy, "cc3m": Cc3m,
-            "vatex": Vatex}
+            "vatex": Vatex, "emoji": Emoji}
 
 
 def get_builder(data_cfg: ml_collections.ConfigDict, *, prepare: bool = True):

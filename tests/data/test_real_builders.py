@@ -432,3 +432,66 @@ def test_vatex_clips_and_frames(tmp_path):
     frames = recs["frames0_000005_000015"]["image"]
     assert frames.shape == (4, 24, 32, 3)
     np.testing.assert_allclose(frames.reshape(4, -1).mean(1), [10, 60, 160, 210], atol=2)
+
+
+# ------------------------------------------------------------------ emoji: npm tarballs' layout
+
+
+def _split_by_rule(base):  # the issue's rule, written out independently of the builder
+    h = int(hashlib.sha1(base.upper().replace("-FE0F", "").encode()).hexdigest(), 16)
+    return "test" if h % 5 == 0 else "validation" if h % 20 == 1 else "train"
+
+
+def test_emoji_layout_concept_split_and_captions(tmp_path):
+    from fastslow_jax.data.builders.emoji import Emoji, concept_split, normalize_hexcode
+
+    assert _split_by_rule("1F9FF") == "test"
+
+    assert normalize_hexcode("263a-fe0f") == "263A" and normalize_hexcode("1F441-FE0F-200D-1F5E8-FE0F") == \
+        "1F441-200D-1F5E8"
+    # find base hexcodes that land in each split by the rule
+    pool = [f"1F{n:03X}" for n in range(0x300, 0x700)]
+    test_base = next(c for c in pool if _split_by_rule(c) == "test")
+    train_bases = [c for c in pool if _split_by_rule(c) == "train"][:2]
+    assert concept_split(test_base) == "test" and {concept_split(c) for c in train_bases} == {"train"}
+    m = tmp_path / "emoji"
+    labels, listing = [], []
+    for k, code in enumerate([test_base, *train_bases]):
+        skins = [{"label": f"thing {k}: light skin tone", "hexcode": f"{code}-1F3FB"}] if k != 2 else []
+        labels.append({"label": f"thing {k}", "hexcode": code, "tags": [f"tag{k}", f"thing {k}"], "skins": skins})
+        variations = {"1F3FB": {"unified": f"{code}-1F3FB", "image": f"{code.lower()}-1f3fb.png"}} if k != 2 else {}
+        listing.append({"unified": code + "-FE0F" if k == 1 else code, "image": f"{code.lower()}.png",
+                        "sort_order": k, "skin_variations": variations})
+    listing.append({"unified": "1F9FF", "image": "1f9ff.png", "sort_order": 9})  # no CLDR label
+    for vendor in ("google", "twitter"):
+        root = m / f"emoji-datasource-{vendor}"
+        os.makedirs(root / "img" / vendor / "64", exist_ok=True)
+        (root / "emoji.json").write_text(json.dumps(listing))
+        for n, e in enumerate(listing):
+            for v in [e, *e.get("skin_variations", {}).values()]:
+                rgba = np.zeros((64, 64, 4), np.uint8)
+                rgba[16:48, 16:48] = [200, 10 * n, 100 if vendor == "google" else 0, 255]
+                if v["image"] != f"{train_bases[1].lower()}.png" or vendor == "google":  # twitter one is missing
+                    Image.fromarray(rgba, "RGBA").save(root / "img" / vendor / "64" / v["image"])
+    os.makedirs(m / "emojibase-data" / "en")
+    (m / "emojibase-data" / "en" / "data.json").write_text(json.dumps(labels))
+
+    builder, report = _build(Emoji, m, tmp_path / "d", config="benchmark")
+    test = _records(builder, "test")
+    assert [_text(r["image_id"]) for r in test] == [f"google/{test_base}", f"google/{test_base}-1F3FB"]
+    assert [_caps(r) for r in test] == [["thing 0"], ["thing 0: light skin tone"]]  # queries: CLDR labels only
+    img = test[0]["image"]
+    assert tuple(img[0, 0]) == (255, 255, 255) and tuple(img[32, 32]) == (200, 0, 100)  # on white
+    train = {_text(r["image_id"]): _caps(r) for r in _records(builder, "train")}
+    b1, b2 = train_bases
+    assert sorted(train) == sorted([f"google/{b1}", f"google/{b1}-1F3FB", f"google/{b2}",
+                                    f"twitter/{b1}", f"twitter/{b1}-1F3FB"])
+    assert train[f"google/{b1}"] == ["thing 1", "tag1"]  # label, then keywords ("thing 1" repeated: dropped)
+    assert train[f"twitter/{b1}-1F3FB"] == ["thing 1: light skin tone", "tag1", "thing 1"]
+    # the twitter image of b2 is missing; "thing k" repeated among b1's and b2's keywords (both vendors)
+    assert _problems(report, "train") == {"image_missing": 1, "caption_duplicate": 4}
+    assert _problems(report, "test") == {"bad_row": 1}  # 1F9FF (a test concept by the rule) has no label
+    # no concept of the fixture falls in validation: the split is left out and reported, the build goes on
+    assert report.splits["validation"]["left_out"] and "validation" not in builder.info.splits
+    assert "(no row written: the split is left out)" in base.format_report(report)
+    assert "image_alpha" not in _problems(report, "test")  # transparency is expected here, not a defect

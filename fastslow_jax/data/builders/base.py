@@ -146,7 +146,8 @@ def format_report(report: BuildReport) -> str:
     """The end-of-build summary: per split rows / written / skipped, then each problem with examples."""
     lines = [f"build report for {report.dataset}:"]
     for split, s in report.splits.items():
-        lines.append(f"  {split}: {s['rows']} rows read, {s['written']} written, {s['skipped']} skipped")
+        left_out = " (no row written: the split is left out)" if s.get("left_out") else ""
+        lines.append(f"  {split}: {s['rows']} rows read, {s['written']} written, {s['skipped']} skipped{left_out}")
         for kind, p in sorted(s["problems"].items()):
             lines.append(f"    {p['action']:8s} {p['count']:6d} {kind}: {KINDS[kind][1]}")
             for ex in p["examples"]:
@@ -229,7 +230,7 @@ def _read_source(image: ImageSource) -> bytes:
         return f.read()
 
 
-def _to_rgb(im: Image.Image, notes: list[tuple[str, str]]) -> Image.Image:
+def _to_rgb(im: Image.Image, notes: list[tuple[str, str]], report_alpha: bool = True) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
         return im
@@ -257,7 +258,7 @@ def _to_rgb(im: Image.Image, notes: list[tuple[str, str]]) -> Image.Image:
     if mode in ("RGBA", "RGBa", "PA"):
         im = im.convert("RGBA")
         alpha = np.asarray(im)[..., 3]
-        if alpha.min() < 255:
+        if alpha.min() < 255 and report_alpha:
             notes.append(("image_alpha", f"{int((alpha < 255).sum())} transparent pixels"))
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, im).convert("RGB")
@@ -265,7 +266,8 @@ def _to_rgb(im: Image.Image, notes: list[tuple[str, str]]) -> Image.Image:
     return im.convert("RGB")
 
 
-def prepare_image(data: bytes, *, max_side: int, max_pixels: int) -> tuple[bytes, list[tuple[str, str]]]:
+def prepare_image(data: bytes, *, max_side: int, max_pixels: int,
+                  report_alpha: bool = True) -> tuple[bytes, list[tuple[str, str]]]:
     """Encoded image bytes -> (8-bit RGB JPEG or PNG bytes, repairs made); raises `RowProblem`.
 
     A JPEG or PNG that is already 8-bit RGB, upright and no larger than ``max_side`` is returned as is."""
@@ -286,6 +288,7 @@ def prepare_image(data: bytes, *, max_side: int, max_pixels: int) -> tuple[bytes
     if w * h > max_pixels:
         raise RowProblem("image_too_large", f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
     fmt = im.format
+    original = im
     if fmt == "JPEG" and max(w, h) > max_side:
         im.draft("RGB", (max_side, max_side))  # decode at a reduced scale: much cheaper for huge JPEGs
     try:
@@ -300,14 +303,14 @@ def prepare_image(data: bytes, *, max_side: int, max_pixels: int) -> tuple[bytes
     if orientation not in (1, None):
         im = ImageOps.exif_transpose(im)
         notes.append(("image_exif_rotated", f"orientation {orientation}"))
-    im = _to_rgb(im, notes)
+    im = _to_rgb(im, notes, report_alpha)
     upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     if max(im.size) > max_side:
         im = im.copy()
         im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     if im.size != upright:
         notes.append(("image_resized", f"{upright[0]}x{upright[1]} -> {im.size[0]}x{im.size[1]}"))
-    if not notes and fmt in ("JPEG", "PNG"):
+    if not notes and fmt in ("JPEG", "PNG") and im.mode == "RGB" and im is original:
         return data, notes
     buf = io.BytesIO()
     if fmt == "JPEG":
@@ -337,6 +340,7 @@ class ManualConfig(tfds.core.BuilderConfig):
     max_side: int = 512
     max_pixels: int = 64_000_000
     max_caption_chars: int = 512
+    expect_alpha: bool = False  # transparent images are normal here: composite on white without reporting
 
 
 class ManualBuilder(tfds.core.GeneratorBasedBuilder):
@@ -382,11 +386,24 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
     def _visual(self, row: Row) -> tuple[object, list[tuple[str, str]]]:
         """The stored ``image`` value of a row and the repairs made; raises `RowProblem` or OSError."""
         cfg = self.builder_config
-        return prepare_image(_read_source(row.image), max_side=cfg.max_side, max_pixels=cfg.max_pixels)
+        return prepare_image(_read_source(row.image), max_side=cfg.max_side, max_pixels=cfg.max_pixels,
+                             report_alpha=not cfg.expect_alpha)
 
     def _download_and_prepare(self, dl_manager, download_config):  # noqa: D401 - tfds hook
-        self.report = BuildReport(f"{self.name}/{self.builder_config.name}")
-        super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+        # TFDS cannot write a split without examples: a split whose every row is skipped is left out (and
+        # reported) by building again without it, rather than failing the whole build
+        self._empty_splits: dict[str, dict] = {}  # split -> its report section
+        while True:
+            self.report = BuildReport(f"{self.name}/{self.builder_config.name}")
+            known = set(self._empty_splits)
+            try:
+                super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+                break
+            except AssertionError as err:
+                if "No examples were yielded" not in str(err) or set(self._empty_splits) == known:
+                    raise
+        for split, section in sorted(self._empty_splits.items()):
+            self.report.splits[split] = {**section, "left_out": True}
         (epath.Path(self.data_dir) / REPORT_FILE).write_text(json.dumps(self.report.to_json(), indent=1))
         log.debug("%s", format_report(self.report))
 
@@ -406,7 +423,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
         if not splits:
             raise FileNotFoundError(f"no split of {self.name} found in {manual}: "
                                     f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
-        return {split: self._generate_examples(manual, split) for split in splits}
+        empty = getattr(self, "_empty_splits", {})
+        return {split: self._generate_examples(manual, split) for split in splits if split not in empty}
 
     def _rows(self, manual_dir: epath.Path, split: str) -> Iterator[Row | Problem]:
         raise NotImplementedError
@@ -431,6 +449,9 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
                     yield item.id, example
         finally:
             bar.close()
+        if not seen and hasattr(self, "_empty_splits"):
+            self._empty_splits[split] = report.splits.get(split) or {"rows": 0, "written": 0, "skipped": 0,
+                                                                      "problems": {}}
 
     def _example(self, row: Row, split: str, seen: set[str], report: BuildReport) -> dict | None:
         cfg = self.builder_config

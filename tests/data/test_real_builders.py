@@ -442,19 +442,12 @@ def _split_by_rule(base):  # the issue's rule, written out independently of the 
     return "test" if h % 5 == 0 else "validation" if h % 20 == 1 else "train"
 
 
-def test_emoji_layout_concept_split_and_captions(tmp_path):
-    from fastslow_jax.data.builders.emoji import Emoji, concept_split, normalize_hexcode
-
-    assert _split_by_rule("1F9FF") == "test"
-
-    assert normalize_hexcode("263a-fe0f") == "263A" and normalize_hexcode("1F441-FE0F-200D-1F5E8-FE0F") == \
-        "1F441-200D-1F5E8"
-    # find base hexcodes that land in each split by the rule
+def _write_emoji(m):
+    """The three npm packages' layout with 3 concepts (1 test, 2 train, by the rule), skin tones, a hexcode
+    written with FE0F, an image without a CLDR label, and a missing Twitter image."""
     pool = [f"1F{n:03X}" for n in range(0x300, 0x700)]
     test_base = next(c for c in pool if _split_by_rule(c) == "test")
     train_bases = [c for c in pool if _split_by_rule(c) == "train"][:2]
-    assert concept_split(test_base) == "test" and {concept_split(c) for c in train_bases} == {"train"}
-    m = tmp_path / "emoji"
     labels, listing = [], []
     for k, code in enumerate([test_base, *train_bases]):
         skins = [{"label": f"thing {k}: light skin tone", "hexcode": f"{code}-1F3FB"}] if k != 2 else []
@@ -475,7 +468,19 @@ def test_emoji_layout_concept_split_and_captions(tmp_path):
                     Image.fromarray(rgba, "RGBA").save(root / "img" / vendor / "64" / v["image"])
     os.makedirs(m / "emojibase-data" / "en")
     (m / "emojibase-data" / "en" / "data.json").write_text(json.dumps(labels))
+    return test_base, train_bases
 
+
+def test_emoji_layout_concept_split_and_captions(tmp_path):
+    from fastslow_jax.data.builders.emoji import Emoji, concept_split, normalize_hexcode
+
+    assert _split_by_rule("1F9FF") == "test"
+
+    assert normalize_hexcode("263a-fe0f") == "263A" and normalize_hexcode("1F441-FE0F-200D-1F5E8-FE0F") == \
+        "1F441-200D-1F5E8"
+    m = tmp_path / "emoji"
+    test_base, train_bases = _write_emoji(m)
+    assert concept_split(test_base) == "test" and {concept_split(c) for c in train_bases} == {"train"}
     builder, report = _build(Emoji, m, tmp_path / "d", config="benchmark")
     test = _records(builder, "test")
     assert [_text(r["image_id"]) for r in test] == [f"google/{test_base}", f"google/{test_base}-1F3FB"]
@@ -495,3 +500,29 @@ def test_emoji_layout_concept_split_and_captions(tmp_path):
     assert report.splits["validation"]["left_out"] and "validation" not in builder.info.splits
     assert "(no row written: the split is left out)" in base.format_report(report)
     assert "image_alpha" not in _problems(report, "test")  # transparency is expected here, not a defect
+
+
+def test_emoji_configs_and_tiny_fast_run_end_to_end(tmp_path):
+    """The emoji configs load (full: pretrained MiniLM + EfficientNet-Lite0), and the tiny Fast variant
+    trains and evaluates on the fixture folder through `fastslow train` / `fastslow eval`."""
+    from fastslow_jax import cli
+    from fastslow_jax import config as config_lib
+    from tests.conftest import CONFIGS
+
+    for name in ("emoji_fast", "emoji_slow", "emoji_distill"):
+        full = config_lib.load_config(os.path.join(CONFIGS, f"{name}.py"))
+        assert full.data.name == "emoji/benchmark" and full.data.tokenizer == "minilm"
+        assert full.model.vision.name == "efficientnet_lite0" and full.model.vision.pretrained == "efficientnet-lite0"
+        if name != "emoji_slow":
+            assert full.model.text.pretrained == "minilm"
+    m = tmp_path / "emoji"
+    _write_emoji(m)
+    work = tmp_path / "run"
+    args = [f"--config.data.manual_dir={m}", f"--config.data.data_dir={tmp_path / 'd'}"]
+    assert cli.main(["train", "--config", os.path.join(CONFIGS, "emoji_fast.py:tiny"), "--workdir", str(work),
+                     "--no-progress", *args]) == 0
+    out = tmp_path / "eval.json"
+    assert cli.main(["eval", "--workdir", str(work), "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    row = rows[0] if isinstance(rows, list) else rows
+    assert row["gallery"] == 2  # the two google images of the test concept (base + skin tone)

@@ -234,7 +234,9 @@ def test_flickr30k_karpathy_layout(tmp_path):
                        "sentences": [_sent(f"Image {n} caption {k} .") for k in range(5)]})
     images[1]["sentences"] = [_sent(" "), _sent("")]  # no usable caption
     images.append(dict(images[0]))  # the same image listed twice
-    (m / "dataset_flickr30k.json").write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
+    images[2]["sentences"][0] = _sent("Caf@ on a corner .")
+    raw = json.dumps({"images": images, "dataset": "flickr30k"}).encode().replace(b"Caf@", b"Caf\xe9")
+    (m / "dataset_flickr30k.json").write_bytes(raw)  # one latin-1 byte in an otherwise UTF-8 file
     builder, report = _build(Flickr30k, m, tmp_path / "d")
     assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == \
         {"train": 1, "validation": 1, "test": 2}
@@ -243,6 +245,8 @@ def test_flickr30k_karpathy_layout(tmp_path):
     (test0, test1) = _records(builder, "test")
     assert _text(test0["image_id"]) == "1000344755" and _text(test1["image_id"]) == "1000366164"
     assert _caps(test0) == [f"Image 3 caption {k} ." for k in range(5)]
+    assert _caps(_records(builder, "validation")[0])[0] == "Café on a corner ."
+    assert _problems(report, "validation") == {"caption_not_utf8": 1}
     np.testing.assert_array_equal(
         test1["image"], np.asarray(Image.open(m / "flickr30k-images" / "1000366164.jpg").convert("RGB")))
 
@@ -294,6 +298,17 @@ def test_cc3m_tsv_with_img2dataset_files_and_webdataset(tmp_path):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+    # a shard cut short by an interrupted download: the sample before the damage is kept, the cut one is
+    # counted as a truncated image
+    with tarfile.open(m / "wds" / "00002.tar", "w") as tar:
+        for key, i in (("000020006", 6), ("000020007", 7)):
+            data = _jpeg(_pixels(i, 64))
+            for name, payload in ((f"{key}.json", json.dumps({"url": urls[i]}).encode()), (f"{key}.jpg", data)):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    whole = (m / "wds" / "00002.tar").read_bytes()
+    (m / "wds" / "00002.tar").write_bytes(whole[: whole.rindex(_jpeg(_pixels(7, 64))) + 300])
     builder, report = _build(Cc3m, m, tmp_path / "d")
     train = _records(builder, "train")
     assert [_text(r["image_id"]) for r in train] == ["train_0000000", "train_0000002", "train_0000003",
@@ -301,7 +316,7 @@ def test_cc3m_tsv_with_img2dataset_files_and_webdataset(tmp_path):
     assert [_caps(r) for r in train] == [[caps[i]] for i in (0, 2, 3, 5)]
     np.testing.assert_array_equal(train[2]["image"], np.asarray(Image.open(io.BytesIO(_jpeg(_pixels(3))))))
     assert _problems(report, "train") == {"image_missing": 2}  # rows 1 and 4 were never downloaded
-    assert _problems(report, "validation") == {"image_missing": 1, "bad_row": 1}
+    assert _problems(report, "validation") == {"image_truncated": 1, "bad_row": 1}
     assert [_text(r["image_id"]) for r in _records(builder, "validation")] == ["validation_0000000"]
 
 

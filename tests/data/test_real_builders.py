@@ -346,6 +346,10 @@ def test_jsonl_feeds_the_grain_pipeline_and_cli(tmp_path, capsys):
     assert "train: 8 rows read, 8 written, 0 skipped" in out and "jsonl: 8 train, 8 test examples" in out
     assert cli.main(["data", "build", "jsonl", "--manual-dir", str(tmp_path / "nope")]) == 1
     assert "is not a folder" in capsys.readouterr().err
+    os.makedirs(tmp_path / "empty")
+    assert cli.main(["data", "build", "flickr30k", "--manual-dir", str(tmp_path / "empty"),
+                     "--data-dir", str(tmp_path / "d")]) == 1
+    assert "is missing or empty (pass --manual-dir): put dataset_flickr30k.json" in capsys.readouterr().err
 
     cfg = tiny_config()
     with cfg.unlocked():

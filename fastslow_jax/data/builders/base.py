@@ -408,9 +408,13 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
         log.debug("%s", format_report(self.report))
 
     def _manual_dir(self, dl_manager) -> epath.Path:
-        manual = dl_manager.manual_dir
-        if not manual or not epath.Path(manual).is_dir():
-            raise FileNotFoundError(f"manual data folder {manual} for {self.name} does not exist "
+        try:
+            manual = dl_manager.manual_dir
+        except AssertionError:  # tfds: missing or empty folder
+            manual = None
+        if not manual or not epath.Path(manual).is_dir() or not any(epath.Path(manual).iterdir()):
+            shown = manual or dl_manager._manual_dir  # noqa: SLF001 - only to name the folder in the error
+            raise FileNotFoundError(f"manual data folder {shown} for {self.name} is missing or empty "
                                     f"(pass --manual-dir): {self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
         return epath.Path(manual)
 

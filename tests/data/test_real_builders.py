@@ -545,3 +545,48 @@ def test_emoji_configs_and_tiny_fast_run_end_to_end(tmp_path):
     rows = json.loads(out.read_text())
     row = rows[0] if isinstance(rows, list) else rows
     assert row["gallery"] == 2  # the two google images of the test concept (base + skin tone)
+
+
+def test_paper_configs_pretrain_on_cc3m_then_finetune_on_flickr30k(tmp_path):
+    """paper_fast.py:cc3m_tiny trains on a CC3M fixture; :flickr30k_tiny starts from it (model.init_from):
+    with lr 0 the fine-tuned weights equal the pretrained ones exactly."""
+    import jax
+    from fastslow_jax import cli
+    from fastslow_jax import config as config_lib
+    from fastslow_jax.train import loop
+    from tests.conftest import CONFIGS
+
+    for task in ("fast", "slow", "distill"):
+        for ds in ("cc3m", "flickr30k", "coco"):
+            full = config_lib.load_config(os.path.join(CONFIGS, f"paper_{task}.py:{ds}"))
+            assert full.model.vision.name == "resnet50" and full.data.image_size == 224
+    with pytest.raises(ValueError, match="takes one of"):
+        config_lib.load_config(os.path.join(CONFIGS, "paper_fast.py:imagenet"))
+    cc = tmp_path / "cc3m"
+    rows = []
+    for i in range(6):
+        url = f"http://example.com/{i}.jpg"
+        rows.append(f"caption number {i}\t{url}\n")
+        _save(str(cc / "out" / "00000" / f"{i:09d}.jpg"), _pixels(i, 40), quality=95)
+        (cc / "out" / "00000" / f"{i:09d}.json").write_text(json.dumps({"url": url}))
+    (cc / "Train_GCC-training.tsv").write_text("".join(rows[:4]))
+    (cc / "Validation_GCC-1.1.0-Validation.tsv").write_text("".join(rows[4:]))
+    fl = tmp_path / "flickr"
+    images = []
+    for n, split in enumerate(["train", "train", "val", "test", "test"]):
+        _save(str(fl / "flickr30k-images" / f"{n}.jpg"), _pixels(n, 48), quality=95)
+        images.append({"filename": f"{n}.jpg", "split": split, "imgid": n,
+                       "sentences": [_sent(f"photo {n} caption {k}") for k in range(2)]})
+    (fl / "dataset_flickr30k.json").write_text(json.dumps({"images": images}))
+    common = [f"--config.data.data_dir={tmp_path / 'd'}", "--no-progress"]
+    pre, fine = tmp_path / "cc3m_fast", tmp_path / "flickr_fast"
+    assert cli.main(["train", "--config", os.path.join(CONFIGS, "paper_fast.py:cc3m_tiny"), "--workdir", str(pre),
+                     f"--config.data.manual_dir={cc}", *common]) == 0
+    assert cli.main(["train", "--config", os.path.join(CONFIGS, "paper_fast.py:flickr30k_tiny"), "--workdir",
+                     str(fine), f"--config.data.manual_dir={fl}", f"--config.model.init_from={pre}",
+                     "--config.optim.lr=0.0", "--config.train.steps=1", *common]) == 0
+    (_, a), (_, b) = loop.load_trained(str(pre)), loop.load_trained(str(fine))
+    leaves_a, leaves_b = jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])
+    assert len(leaves_a) == len(leaves_b) > 10
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -195,6 +195,27 @@ def test_image_modes_are_converted_and_reported(tmp_path):
     assert len(_records(builder, "test")) == 7 + 3
 
 
+def test_nothing_usable_is_one_clear_error(tmp_path):
+    m = tmp_path / "m"
+    os.makedirs(m)
+    (m / "train.jsonl").write_text(json.dumps({"image": "gone.png", "caption": "x"}) + "\n")
+    with pytest.raises(ValueError, match="no row of jsonl in .* could be used") as err:
+        _build(Jsonl, m, tmp_path / "d")
+    assert "image_missing" in str(err.value) and "gone.png" in str(err.value)
+
+
+def test_an_unexpected_error_skips_only_its_row(tmp_path):
+    def broken_loader():
+        raise ValueError("boom in a decoder")
+
+    b = Jsonl(data_dir=str(tmp_path))
+    report = base.BuildReport("jsonl")
+    assert b._example(base.Row("r1", broken_loader, ["a cap"]), "train", set(), report) is None
+    assert report.splits["train"]["problems"]["row_error"]["examples"][0]["detail"] == "ValueError: boom in a decoder"
+    ok = b._example(base.Row("r2", _jpeg(_pixels(0)), ["a cap"]), "train", set(), report)
+    assert ok["image_id"] == "r2" and ok["captions"] == ["a cap"]
+
+
 def test_prepare_image_limits():
     buf = io.BytesIO()
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(buf, format="JPEG")

@@ -49,6 +49,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "bad_row": ("skipped", "the source row cannot be parsed or lacks a field"),
     "no_caption": ("skipped", "no usable caption is left"),
     "duplicate_id": ("skipped", "an earlier row of the split has the same id"),
+    "row_error": ("skipped", "an unexpected error while preparing the row"),
     "image_grayscale": ("repaired", "grayscale image converted to RGB"),
     "image_cmyk": ("repaired", "CMYK image converted to RGB"),
     "image_palette": ("repaired", "palette image converted to RGB"),
@@ -428,6 +429,10 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
             raise FileNotFoundError(f"no split of {self.name} found in {manual}: "
                                     f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
         empty = getattr(self, "_empty_splits", {})
+        if all(split in empty for split in splits):
+            report = BuildReport(f"{self.name}/{self.builder_config.name}")
+            report.splits = dict(empty)
+            raise ValueError(f"no row of {self.name} in {manual} could be used:\n{format_report(report)}")
         return {split: self._generate_examples(manual, split) for split in splits if split not in empty}
 
     def _rows(self, manual_dir: epath.Path, split: str) -> Iterator[Row | Problem]:
@@ -475,7 +480,12 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
             return None
         except OSError as err:
             report.add(split, "image_missing" if isinstance(err, FileNotFoundError) else "image_corrupt",
-                       row.id, f"{type(err).__name__}: {err}", row.where)
+                       row.id, _describe(err), row.where)
+            return None
+        except RuntimeError:  # the environment, not the row (e.g. a missing decoder): stop with its message
+            raise
+        except Exception as err:  # noqa: BLE001 - one odd row must not stop a build of millions
+            report.add(split, "row_error", row.id, _describe(err), row.where)
             return None
         for kind, detail in notes:
             report.add(split, kind, row.id, detail, row.where)

@@ -159,7 +159,7 @@ def test_image_modes_are_converted_and_reported(tmp_path):
     rgba[..., 3] = 128
     rgba[0, 0, 3] = 0
     add("alpha.png", Image.fromarray(rgba, "RGBA"), "PNG")
-    add("huge.png", Image.fromarray(np.zeros((100, 2000, 3), np.uint8)), "PNG")
+    add("huge.png", Image.fromarray(np.zeros((100, 3000, 3), np.uint8)), "PNG")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     add("rot.jpg", Image.fromarray(np.zeros((10, 20, 3), np.uint8)), "JPEG", exif=exif)
@@ -186,7 +186,7 @@ def test_image_modes_are_converted_and_reported(tmp_path):
     assert (recs["i/deep.png"] == 128).all()  # 32896 / 65535 * 255
     assert tuple(recs["i/alpha.png"][0, 0]) == (255, 255, 255)  # fully transparent -> white
     np.testing.assert_allclose(recs["i/alpha.png"][1, 1], [255, 127, 127], atol=1)  # half red over white
-    assert recs["i/huge.png"].shape == (26, 512, 3)  # 2000x100 -> 512 x round(25.6)
+    assert recs["i/huge.png"].shape == (34, 1024, 3)  # 3000x100 -> 1024 x round(34.1)
     assert recs["i/rot.jpg"].shape == (20, 10, 3)  # upright
 
     # the same folder with absolute / outside paths allowed: those rows are written

@@ -338,7 +338,7 @@ def _looks_truncated(err: Exception) -> bool:
 class ManualConfig(tfds.core.BuilderConfig):
     """Limits applied to every row (see the module docstring)."""
 
-    max_side: int = 512
+    max_side: int = 1024  # longer side; larger images are shrunk (training crops them later: data.image_size)
     max_pixels: int = 64_000_000
     max_caption_chars: int = 512
     expect_alpha: bool = False  # transparent images are normal here: composite on white without reporting

@@ -6,7 +6,7 @@ ResNet-50 image tower (ImageNet weights from your own checkpoint: ``--config.mod
 a Hugging Face microsoft/resnet-50 safetensors dir or a torchvision .pth; none can be downloaded here) at
 224 px, MiniLM text tower. The argument names the dataset, with ``_tiny`` for the variant the tests run
 on fixture folders (tiny random towers, a few steps): ``cc3m``, ``flickr30k``, ``coco``, ``cc3m_tiny``,
-``flickr30k_tiny``, ``coco_tiny``.
+``flickr30k_tiny`` (also ``tiny``), ``coco_tiny``.
 """
 import ml_collections
 
@@ -25,6 +25,8 @@ STEPS = {"cc3m": 100_000, "flickr30k": 4_000, "coco": 4_500}
 
 def parse(name: str, arg) -> tuple[str, bool]:
     arg = arg or ""
+    if arg == "tiny":  # the variant every config offers
+        arg = "flickr30k_tiny"
     dataset, tiny = (arg[: -len("_tiny")], True) if arg.endswith("_tiny") else (arg, False)
     if dataset not in DATASETS:
         raise ValueError(f"configs/{name} takes one of {sorted(DATASETS)} (optionally with _tiny), got {arg!r}")

@@ -1,9 +1,10 @@
 """Distil the emoji Slow teacher into the emoji Fast student (in-batch teacher scoring).
 
-Run: fastslow train --config configs/emoji_distill.py --workdir runs/emoji/distill
-  --config.distill.teacher_workdir=runs/emoji/slow --config.distill.student_init=runs/emoji/fast_init
-(launch/emoji.sh runs the whole benchmark.) Hardware: 2 CPU cores; expected cost not yet measured.
-Tiny variant (tests): add :tiny, --config.data.manual_dir=DIR and a tiny teacher run.
+Run (launch/emoji.sh runs the whole benchmark):
+  fastslow train --config configs/emoji_distill.py --workdir runs/emoji/distill --config.distill.teacher_workdir=runs/emoji/slow --config.distill.student_init=runs/emoji/fast_init
+Hardware: 2 CPU cores; expected cost not yet measured.
+Tiny variant (tests; with a tiny teacher run):
+  fastslow train --config configs/emoji_distill.py:tiny --workdir /tmp/emoji_distill_tiny --config.data.manual_dir=DIR --config.distill.teacher_workdir=/tmp/emoji_slow_tiny
 """
 import ml_collections
 

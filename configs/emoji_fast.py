@@ -1,7 +1,8 @@
 """Fast dual encoder on the emoji benchmark (MiniLM text, EfficientNet-Lite0 image, both pretrained).
 
 Data first (npm, once): bash launch/fetch_emoji.sh data/emoji ; it is built on first use.
-Run: fastslow train --config configs/emoji_fast.py --workdir runs/emoji/fast_init
+Run:
+  fastslow train --config configs/emoji_fast.py --workdir runs/emoji/fast_init
 The whole benchmark (Fast, Slow, distilled Fast, re-ranking; one eval.json table): bash launch/emoji.sh
 Hardware: 2 CPU cores; expected cost not yet measured (600 steps of batch 64 at 64 px).
 Tiny variant (tests; random tiny towers, a fixture folder):

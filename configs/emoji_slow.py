@@ -1,9 +1,10 @@
 """Slow captioner on the emoji benchmark (EfficientNet-Lite0 backbone, fine-grained P5 -> P4 -> P3).
 
-Run, with the backbone from the Fast run: fastslow train --config configs/emoji_slow.py
-  --workdir runs/emoji/slow --config.model.vision_init=runs/emoji/fast_init
-(launch/emoji.sh runs the whole benchmark.) Hardware: 2 CPU cores; expected cost not yet measured.
-Tiny variant (tests): fastslow train --config configs/emoji_slow.py:tiny --workdir DIR --config.data.manual_dir=DIR
+Run, with the backbone from the Fast run (launch/emoji.sh runs the whole benchmark):
+  fastslow train --config configs/emoji_slow.py --workdir runs/emoji/slow --config.model.vision_init=runs/emoji/fast_init
+Hardware: 2 CPU cores; expected cost not yet measured.
+Tiny variant (tests):
+  fastslow train --config configs/emoji_slow.py:tiny --workdir /tmp/emoji_slow_tiny --config.data.manual_dir=DIR
 """
 import ml_collections
 

@@ -17,7 +17,9 @@ one record or one counted reason for skipping it:
 Every repair and every skip is counted per split and kept with up to `MAX_EXAMPLES` examples; the
 report is printed at the end of the build (`format_report`) and written next to the data as
 ``build_report.json`` (`read_report`). Rows are written in source order (no shuffling) and a JPEG
-that needs no repair is stored byte for byte, so building twice gives identical records.
+or PNG that needs no repair is stored byte for byte, so building twice gives identical records (the
+array_record files themselves can differ between processes: TFDS serialises each record's feature
+map in protobuf's per-process hash order).
 """
 from __future__ import annotations
 

@@ -60,7 +60,11 @@ def index_image_store(root: str) -> dict[str, object]:
 
 def _sidecar_url(path_or_bytes) -> str | None:
     try:
-        raw = path_or_bytes if isinstance(path_or_bytes, bytes) else open(path_or_bytes, "rb").read()
+        if isinstance(path_or_bytes, bytes):
+            raw = path_or_bytes
+        else:
+            with open(path_or_bytes, "rb") as f:
+                raw = f.read()
         meta = json.loads(raw)
     except (OSError, ValueError):
         return None

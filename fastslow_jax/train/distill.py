@@ -204,7 +204,8 @@ class TopMExtras:
         if len(self.offsets) != len(self.source):
             raise ValueError(f"{path} was computed for {len(self.offsets)} training images, but the split has "
                              f"{len(self.source)}; delete it to recompute")
-        self._decode = pipeline._decode_image
+        size = config.data.get("image_size", 0) or 0
+        self._decode = lambda image: pipeline._decode_image(image, size)
 
     def __call__(self, index: int, caption: int) -> dict:
         import numpy as np

@@ -274,6 +274,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         state = run.init_state()
         if hasattr(run.task, "initialize"):  # e.g. load a teacher or pretrained towers into the fresh state
             state = run.task.initialize(run, state)
+        init_from = config.model.get("init_from", "")
+        if init_from:  # fine-tuning: the whole model from a finished run of the same architecture (e.g. CC3M)
+            model = run.model(state)
+            load_submodule(model, init_from, what="model.init_from", devices=run.mesh.devices.ravel().tolist())
+            state = run.with_model(state, model)
+            log.info("model initialised from %s", init_from)
     log.info("model %s: %s parameters; mesh %s", config.task, f"{_count_params(state['params']):,}",
              dict(run.mesh.shape))
     if start >= total:

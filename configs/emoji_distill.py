@@ -1,0 +1,31 @@
+"""Distil the emoji Slow teacher into the emoji Fast student (in-batch teacher scoring).
+
+Run (launch/emoji.sh runs the whole benchmark):
+  fastslow train --config configs/emoji_distill.py --workdir runs/emoji/distill --config.distill.teacher_workdir=runs/emoji/slow --config.distill.student_init=runs/emoji/fast_init
+Hardware: 2 CPU cores; expected cost not yet measured.
+Tiny variant (tests; with a tiny teacher run):
+  fastslow train --config configs/emoji_distill.py:tiny --workdir /tmp/emoji_distill_tiny --config.data.manual_dir=DIR --config.distill.teacher_workdir=/tmp/emoji_slow_tiny
+"""
+import ml_collections
+
+import _emoji_base
+import _shapes_base
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    tiny = _emoji_base.check_arg("emoji_distill.py", arg)
+    c = _emoji_base.base("distill", tiny)
+    _shapes_base.fast_model(c, tiny)  # the student; the teacher's model config comes from its workdir
+    _emoji_base.pretrained_text(c, tiny)
+    c.model.embed_dim = 32 if tiny else 256
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher_workdir = ""
+    c.distill.student_init = ""
+    c.distill.mode = "in_batch"
+    c.distill.batch_size = 8 if tiny else 16
+    c.distill.in_batch_topm = 0
+    c.distill.topm = 4 if tiny else 8
+    c.distill.tau_teacher = 0.5
+    c.distill.tau_student = 0.05
+    c.distill.weight = 1.0
+    return c

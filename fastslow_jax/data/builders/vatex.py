@@ -21,7 +21,6 @@ import io
 import json
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image

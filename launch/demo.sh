@@ -35,11 +35,11 @@ fastslow train --config configs/shapes_slow.py --workdir "$WORKDIR/slow_lastmap"
   --config.optim.decay_steps="$SLOW_DECAY" --config.model.vision_init="$WORKDIR/fast_init" \
   --config.model.slow.levels=P5,P5,P5 --config.eval.every=0
 for stage_name in fast distill; do
-  weight=1.0; [ "$stage_name" = fast ] && weight=0.0
-  stage "$stage_name (fast_init + $CONT_STEPS steps, distill.weight=$weight)"
+  weight=(); [ "$stage_name" = fast ] && weight=(--config.distill.weight=0)  # distill: the config's lambda
+  stage "$stage_name (fast_init + $CONT_STEPS steps${weight:+, distill.weight=0})"
   fastslow train --config configs/shapes_distill.py --workdir "$WORKDIR/$stage_name" --config.train.steps="$CONT_STEPS" \
     --config.distill.teacher_workdir="$WORKDIR/slow" --config.distill.student_init="$WORKDIR/fast_init" \
-    --config.distill.weight="$weight" --config.optim.warmup_steps=20 --config.eval.every=0
+    "${weight[@]}" --config.optim.warmup_steps=20 --config.eval.every=0
 done
 stage "eval"
 fastslow eval --workdir "$WORKDIR" --split test --output "$WORKDIR/eval.json" \

@@ -125,3 +125,17 @@ def slow_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     # start the backbone from a trained run's vision tower (a workdir, e.g. the Fast run); "" = random init
     c.model.vision_init = ""
     c.model.freeze_vision = False  # keep the (initialised) backbone fixed: cheaper steps
+
+
+def distill_fields(c: ml_collections.ConfigDict, tiny: bool, batch_size: int = 16) -> None:
+    """The `distill` section (defaults chosen on the shapes validation split; tune on your own)."""
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher_workdir = ""  # a trained `slow` run (required)
+    c.distill.student_init = ""  # a trained `fast` run to start the student from ("" = from scratch)
+    c.distill.mode = "in_batch"  # in_batch: teacher scores batch_size^2 pairs per step; topm: precomputed top-M
+    c.distill.batch_size = 8 if tiny else batch_size  # in_batch: captions x images scored by the teacher
+    c.distill.in_batch_topm = 0  # in_batch: > 0 = each caption vs its image + the student's M-1 hardest in the batch
+    c.distill.topm = 4 if tiny else 8  # topm: candidates per caption (needs distill.student_init)
+    c.distill.tau_teacher = 0.5  # on per-caption z-scored teacher log-likelihoods
+    c.distill.tau_student = -1.0  # on student cosine similarities; <= 0: the student's learned temperature
+    c.distill.weight = 0.25  # lambda (on shapes validation 0.25 beat 1.0 and the InfoNCE-only control)

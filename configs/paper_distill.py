@@ -25,14 +25,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _shapes_base.fast_model(c, tiny)  # the student; the teacher's model config comes from its workdir
     _paper_base.text_tower(c, tiny)
     c.model.embed_dim = 32 if tiny else 256
-    c.distill = ml_collections.ConfigDict()
-    c.distill.teacher_workdir = ""  # the fine-tuned Slow run
-    c.distill.student_init = ""  # the fine-tuned Fast run
-    c.distill.mode = "in_batch"
-    c.distill.batch_size = 8 if tiny else 32
-    c.distill.in_batch_topm = 0
-    c.distill.topm = 4 if tiny else 8
-    c.distill.tau_teacher = 0.5
-    c.distill.tau_student = 0.05
-    c.distill.weight = 1.0
+    _shapes_base.distill_fields(c, tiny, batch_size=32)
     return c

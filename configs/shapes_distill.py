@@ -21,14 +21,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tiny = _shapes_base.check_arg("shapes_distill.py", arg)
     c = _shapes_base.base("distill", tiny)
     _shapes_base.fast_model(c, tiny)  # the student; the teacher's model config comes from its workdir
-    c.distill = ml_collections.ConfigDict()
-    c.distill.teacher_workdir = ""  # a trained `slow` run (required)
-    c.distill.student_init = ""  # a trained `fast` run to start the student from ("" = from scratch)
-    c.distill.mode = "in_batch"  # in_batch: teacher scores batch_size^2 pairs per step; topm: precomputed top-M
-    c.distill.batch_size = 8 if tiny else 16  # in_batch: captions x images scored by the teacher
-    c.distill.in_batch_topm = 0  # in_batch: > 0 = each caption vs its image + the student's M-1 hardest in the batch
-    c.distill.topm = 4 if tiny else 8  # topm: candidates per caption (needs distill.student_init)
-    c.distill.tau_teacher = 0.5  # on per-caption z-scored teacher log-likelihoods
-    c.distill.tau_student = -1.0  # on student cosine similarities; <= 0: the student's learned temperature
-    c.distill.weight = 0.25  # lambda (chosen on validation: 0.25 beat 1.0 and the InfoNCE-only control)
+    _shapes_base.distill_fields(c, tiny)
     return c

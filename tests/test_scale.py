@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -17,7 +18,6 @@ from fastslow_jax.data import pipeline
 from fastslow_jax.train import loop
 from tests.conftest import REPO, tiny_config
 
-STEPS = ["train.steps=2", "train.log_every=1", "train.checkpoint_every=100"]
 MESHES = {"data8": ["mesh.data=8"], "fsdp": ["mesh.data=2", "mesh.fsdp=4"], "model": ["mesh.data=2", "mesh.model=4"]}
 # (embed=32, mlp=64) kernel of a transformer MLP under each mesh: FSDP shards the embed rows over fsdp,
 # tensor parallelism the mlp columns over model; data parallelism replicates it
@@ -35,6 +35,33 @@ def _mlp_kernel(tree, task):
     return root["mlp"]["intermediate"]["kernel"]
 
 
+def _first_batch(cfg):
+    return next(pipeline.train_iterator(pipeline.train_dataset(cfg, pipeline.make_tokenizer(cfg.data))))
+
+
+def _initial_state(cfg):
+    """The task's freshly initialised state on one device (with the teacher loaded, for distill)."""
+    run = loop.setup(cfg, jax.devices()[:1])
+    state = run.init_state()
+    if hasattr(run.task, "initialize"):
+        state = run.task.initialize(run, state)
+    return state
+
+
+def _train_steps(cfg, state, batch, steps=2, devices=None):
+    """``steps`` jitted train steps of ``cfg`` on its mesh over ``devices`` (default all), from a copy of
+    ``state`` placed on the run's shardings. Returns (run, final state, per-step metrics)."""
+    run = loop.setup(cfg, devices)
+    state = jax.device_put(jax.tree.map(jnp.copy, state), run.state_sharding)  # the step donates its input
+    step = loop.make_train_step(run)
+    batch = parallel.host_to_global(batch, run.batch_sharding)
+    metrics = []
+    for _ in range(steps):
+        state, m = step(state, batch, jax.random.key(cfg.seed + 2))
+        metrics.append({k: float(v) for k, v in m.items()})
+    return run, state, metrics
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("teacher") / "slow")
@@ -44,24 +71,24 @@ def teacher(tmp_path_factory):
 
 
 @pytest.mark.parametrize("task", ["fast", "slow", "distill"])
-def test_task_under_each_mesh_matches_one_device_and_shards_as_specified(task, request, tmp_path):
+def test_task_under_each_mesh_matches_one_device_and_shards_as_specified(task, request):
     name = {"fast": "shapes_fast.py", "slow": "shapes_slow.py", "distill": "shapes_distill.py"}[task]
     extra = [f"distill.teacher_workdir={request.getfixturevalue('teacher')}"] if task == "distill" else []
-    one = str(tmp_path / "one")
-    loop.train(tiny_config(name, overrides=STEPS + extra), one, progress=False, devices=jax.devices()[:1])
-    ref = _losses(one)
-    assert len(ref) == 2 and all(np.isfinite(ref))
+    cfg = tiny_config(name, overrides=extra)
+    state0, batch = _initial_state(cfg), _first_batch(cfg)
+    _, _, ref = _train_steps(cfg, state0, batch, devices=jax.devices()[:1])
+    ref = [m["loss"] for m in ref]
+    assert len(ref) == 2 and all(np.isfinite(ref)) and ref[1] != ref[0]
     for mesh_name, mesh in MESHES.items():
-        wd = str(tmp_path / mesh_name)
-        loop.train(tiny_config(name, overrides=STEPS + extra + mesh), wd, progress=False)
-        # distill: the student's logits divide by tau_S = 0.05 and the teacher's scores are z-scored, which
-        # magnifies the summation-order differences of a sharded teacher pass (measured: 4e-4 relative)
-        rtol = 1e-3 if task == "distill" else 2e-4
-        np.testing.assert_allclose(_losses(wd), ref, rtol=rtol, atol=2e-5, err_msg=f"{task} {mesh_name}")
-        run, state = loop.load_trained(wd)  # restored onto the run's own 8-device mesh
+        run, state, metrics = _train_steps(tiny_config(name, overrides=extra + mesh), state0, batch)
         assert dict(run.mesh.shape) == {"data8": {"data": 8, "fsdp": 1, "model": 1},
                                         "fsdp": {"data": 2, "fsdp": 4, "model": 1},
                                         "model": {"data": 2, "fsdp": 1, "model": 4}}[mesh_name]
+        # distill: the teacher's scores are z-scored and divided by tau_T, which magnifies the
+        # summation-order differences of a sharded teacher pass (measured: 4e-4 relative)
+        rtol = 1e-3 if task == "distill" else 2e-4
+        np.testing.assert_allclose([m["loss"] for m in metrics], ref, rtol=rtol, atol=2e-5,
+                                   err_msg=f"{task} {mesh_name}")
         kernel = _mlp_kernel(state["params"], task)
         assert kernel.shape == (32, 64) and kernel.sharding.spec == MLP_SPEC[mesh_name], (mesh_name, kernel.sharding)
         # the optimizer's moments are sharded like their parameter (FSDP shards optimizer state too)
@@ -86,37 +113,39 @@ def test_every_matrix_parameter_has_logical_axes():
                 assert names is not None and len(names) == ndim, path
 
 
-def _one_step(cfg, batch):
-    run = loop.setup(cfg, jax.devices()[:1])
-    state = run.init_state()
-    state, metrics = loop.make_train_step(run)(state, parallel.host_to_global(batch, run.batch_sharding),
-                                               jax.random.key(cfg.seed + 2))
-    return state, {k: float(v) for k, v in metrics.items()}
-
-
-def test_grad_accumulation_remat_and_bf16_on_the_slow_step():
+def test_grad_accumulation_remat_and_bf16():
+    one = jax.devices()[:1]
+    # gradient accumulation on the Slow step: micro-batches are rows 0,2,4,6 and 1,3,5,7; the step's
+    # loss is their mean
     base = tiny_config("shapes_slow.py", overrides=["train.batch_size=8"])
-    it = pipeline.train_iterator(pipeline.train_dataset(base, pipeline.make_tokenizer(base.data)))
-    batch = next(it)
-    # grad_accum=2: micro-batches are rows 0,2,4,6 and 1,3,5,7; the step's loss and update are the means
-    s_acc, m_acc = _one_step(tiny_config("shapes_slow.py", overrides=["train.batch_size=8", "train.grad_accum=2"]),
-                             batch)
-    sub = [{k: v[i::2] for k, v in batch.items()} for i in (0, 1)]
+    state0, batch = _initial_state(base), _first_batch(base)
+    _, s_acc, m_acc = _train_steps(tiny_config("shapes_slow.py", overrides=["train.batch_size=8", "train.grad_accum=2"]),
+                                   state0, batch, steps=1, devices=one)
     half = tiny_config("shapes_slow.py", overrides=["train.batch_size=4"])
-    losses = [_one_step(half, b)[1]["loss"] for b in sub]
-    assert m_acc["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    run = loop.setup(half, one)
+    step = loop.make_train_step(run)
+    losses = []
+    for i in (0, 1):
+        state = jax.device_put(jax.tree.map(jnp.copy, state0), run.state_sharding)
+        sub = parallel.host_to_global({k: v[i::2] for k, v in batch.items()}, run.batch_sharding)
+        losses.append(float(step(state, sub, jax.random.key(half.seed + 2))[1]["loss"]))
+    assert m_acc[0]["loss"] == pytest.approx(np.mean(losses), rel=1e-5) and losses[0] != losses[1]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(s_acc["params"]))
-    _, m_full = _one_step(base, batch)
+    # remat and bf16 on the Fast step (BERT layers: the rematerialised ones)
+    fast = tiny_config("shapes_fast.py", overrides=["train.batch_size=8"])
+    f0, fbatch = _initial_state(fast), _first_batch(fast)
+    _, _, m_full = _train_steps(fast, f0, fbatch, steps=1, devices=one)
     # remat recomputes activations: identical numbers
-    _, m_remat = _one_step(tiny_config("shapes_slow.py", overrides=["train.batch_size=8", "model.remat=True"]), batch)
-    assert m_remat["loss"] == pytest.approx(m_full["loss"], rel=1e-6)
-    assert m_remat["grad_norm"] == pytest.approx(m_full["grad_norm"], rel=1e-5)
+    _, _, m_remat = _train_steps(tiny_config("shapes_fast.py", overrides=["train.batch_size=8", "model.remat=True"]),
+                                 f0, fbatch, steps=1, devices=one)
+    assert m_remat[0]["loss"] == pytest.approx(m_full[0]["loss"], rel=1e-6)
+    assert m_remat[0]["grad_norm"] == pytest.approx(m_full[0]["grad_norm"], rel=1e-5)
     # bf16 compute keeps float32 master weights and optimizer state, and is close to float32
-    s_bf, m_bf = _one_step(tiny_config("shapes_slow.py", overrides=["train.batch_size=8", "model.dtype=bfloat16"]),
-                           batch)
+    _, s_bf, m_bf = _train_steps(tiny_config("shapes_fast.py", overrides=["train.batch_size=8", "model.dtype=bfloat16"]),
+                                 f0, fbatch, steps=1, devices=one)
     assert {x.dtype for x in jax.tree.leaves(s_bf["params"])} == {np.dtype("float32")}
     assert {x.dtype for x in jax.tree.leaves(s_bf["opt"]) if x.ndim} == {np.dtype("float32")}
-    assert m_bf["loss"] == pytest.approx(m_full["loss"], rel=2e-2) and m_bf["loss"] != m_full["loss"]
+    assert m_bf[0]["loss"] == pytest.approx(m_full[0]["loss"], rel=2e-2) and m_bf[0]["loss"] != m_full[0]["loss"]
 
 
 def test_sharded_top_k_equals_single_device_with_ties():

@@ -11,7 +11,7 @@
 #                 same seed, steps and batches as `fast`, which is its exact control
 #   eval          one table (WORKDIR/eval.json): fast, fast_distilled, slow, slow_lastmap,
 #                 fast+slow and fast_distilled+slow for K in 1, 5, 10, 20, 50
-# The step counts below are the demo's CPU budget (about 16 minutes on 2 cores); the configs' own
+# The step counts below are the demo's CPU budget (about 18 minutes on 2 cores); the configs' own
 # defaults train longer.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 WORKDIR="${1:-runs/demo}"

@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(rest)
     _setup_logging()
     try:
-        _start_distributed(args)
+        if args.command in ("train", "eval"):  # the multi-host commands (their parsers carry the flags)
+            _start_distributed(args)
         if args.command == "train":
             return _train(args, overrides)
         if args.command == "eval":

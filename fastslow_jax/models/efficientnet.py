@@ -17,7 +17,7 @@ import ml_collections
 from flax import nnx
 
 from fastslow_jax.models import layers
-from fastslow_jax.models.vision import batch_norm, conv, normalize_images, preprocessing
+from fastslow_jax.models.vision import DepthwiseConv, batch_norm, conv, normalize_images, preprocessing
 
 # (repeats, kernel, stride, expand ratio, in, out) of EfficientNet-B0's seven stages
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
@@ -64,7 +64,7 @@ class MBConv(nnx.Module):
             self.expand, self.expand_bn = conv(cin, mid, 1, rngs=rngs, dtype=dtype), bn(mid)
         else:
             self.expand = self.expand_bn = None
-        self.depthwise = conv(mid, mid, kernel, stride, groups=mid, rngs=rngs, dtype=dtype)
+        self.depthwise = DepthwiseConv(mid, kernel, stride, rngs=rngs, dtype=dtype)
         self.depthwise_bn = bn(mid)
         self.project, self.project_bn = conv(mid, cout, 1, rngs=rngs, dtype=dtype), bn(cout)
         self.skip = stride == 1 and cin == cout

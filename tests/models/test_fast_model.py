@@ -76,3 +76,31 @@ def test_unknown_backbone_is_a_clear_error():
     cfg = ml_collections.ConfigDict({"name": "vgg"})
     with pytest.raises(ValueError, match="unknown model.vision.name 'vgg'"):
         build_backbone(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("size,kernel,stride", [(9, 3, 1), (8, 3, 2), (9, 5, 2), (4, 5, 1)])
+def test_depthwise_conv_matches_grouped_convolution(size, kernel, stride):
+    """The CPU path (shifted slices) against XLA's grouped convolution with TF "SAME" padding: values
+    and both gradients, odd and even sizes, strides 1 and 2."""
+    from fastslow_jax.models.vision import DepthwiseConv
+
+    dw = DepthwiseConv(6, kernel, stride, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, size, size, 6))
+
+    def grouped(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6)
+
+    graphdef, state = nnx.split(dw)
+
+    def ours(x, w):  # the module as a function of its (only) parameter
+        return nnx.merge(graphdef, jax.tree.map(lambda _: w, state))(x)
+
+    w = dw.kernel[...]
+    out = ours(x, w)
+    assert out.shape == (2, -(-size // stride), -(-size // stride), 6)
+    np.testing.assert_allclose(out, grouped(x, w), atol=1e-5)
+    g_ours = jax.grad(lambda x, w: (ours(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: (grouped(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
+    for a, b in zip(g_ours, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -21,7 +21,7 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.data.name = "emoji/benchmark"
     c.data.manual_dir = "data/emoji"  # launch/fetch_emoji.sh writes it
     c.data.tokenizer = "minilm"  # the packaged MiniLM's vocab.txt (also in the tiny variant)
-    c.data.max_len = 32  # CLDR labels and keywords are short
+    c.data.max_len = 24  # the longest CLDR label (a skin-tone variant) is 21 MiniLM tokens with [CLS]/[SEP]
     c.data.image_size = 0  # stored at their native 64 px
     if tiny:
         c.data.val_split = "test"  # a tiny fixture may hold no validation concept
@@ -41,4 +41,4 @@ def pretrained_text(c: ml_collections.ConfigDict, tiny: bool) -> None:
     """MiniLM initialises the text tower (its config.json then fixes the architecture)."""
     if not tiny:
         c.model.text.pretrained = "minilm"
-        c.model.text.max_len = 32
+        c.model.text.max_len = 24

@@ -16,7 +16,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tiny = _emoji_base.check_arg("emoji_slow.py", arg)
     c = _emoji_base.base("slow", tiny)
     _shapes_base.slow_model(c, tiny)
-    c.model.slow.max_len = 32
+    c.model.slow.max_len = 24
     c.train.batch_size = 8 if tiny else 32
+    c.optim.lr = 1e-3  # the decoder starts from scratch (only the backbone is pretrained)
     c.eval.limit = 0 if tiny else 200  # exhaustive Slow validation is Q x N decoder passes
     return c

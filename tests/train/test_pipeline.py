@@ -53,6 +53,14 @@ def test_pipeline_table_has_every_row(pipeline_dir):
     assert evaluate.is_pipeline_workdir(pipeline_dir)
     rows = evaluate.evaluate_pipeline(pipeline_dir, "test", ["eval.limit=32", "eval.queries_per_image=1"],
                                       progress=lambda m: None)
+    # eval.fast_full_split: the Fast rows again on the whole test split (every image and caption)
+    from fastslow_jax.data.pipeline import EvalSplit
+    whole = EvalSplit(tiny_config().data, "test")
+    assert whole.num_images > 32 and len(whole.captions) > whole.num_images
+    full_rows = [r for r in rows if r["gallery"] != 32]
+    assert sorted(r["method"] for r in full_rows) == ["fast", "fast_distilled"]
+    assert all(r["gallery"] == whole.num_images and r["queries"] == len(whole.captions) for r in full_rows)
+    rows = [r for r in rows if r["gallery"] == 32]
     methods = [(r["method"], r["k"], r.get("visual")) for r in rows]
     assert ("fast", None, None) in methods and ("fast_distilled", None, None) in methods
     assert ("slow", None, "cached") in methods

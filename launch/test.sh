@@ -10,4 +10,4 @@ target=tests
 for arg in "$@"; do
   case "$arg" in tests|tests/*) target= ;; esac
 done
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout=900 $target "$@"
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout=900 --durations=25 $target "$@"

@@ -376,8 +376,9 @@ def evaluate_pipeline(workdir: str, split_name: str | None = None, overrides: Se
     All rows use the same gallery and queries (the ``eval.limit`` / ``eval.queries_per_image`` of the
     runs' configs, after ``overrides``), except that with ``eval.fast_full_split`` the Fast rows are
     repeated on the whole split (their ``gallery`` and ``queries`` columns say so): Slow exhaustive
-    costs Q x N decoder passes, Fast a matrix product, so the Fast comparison can afford 10x the queries. Re-ranking's alpha is chosen per K on the validation split
-    unless ``rerank.alpha`` >= 0 fixes it.
+    costs Q x N decoder passes, Fast a matrix product, so the Fast comparison can afford 10x the
+    queries. Re-ranking's alpha is chosen per K on the validation split unless ``rerank.alpha`` >= 0
+    fixes it.
     """
     from fastslow_jax.train import loop
 

@@ -421,6 +421,8 @@ def evaluate_pipeline(workdir: str, split_name: str | None = None, overrides: Se
 
 def _full_split(config, split_name: str, split: EvalSplit) -> EvalSplit | None:
     """The whole split when ``eval.limit`` / ``eval.queries_per_image`` restrict ``split``; else None."""
+    if not (config.eval.get("limit") or config.eval.get("queries_per_image")):
+        return None  # nothing cut: no second read of the split
     full = EvalSplit(config.data, split_name)
     same = full.num_images == split.num_images and len(full.captions) == len(split.captions)
     return None if same else full

@@ -123,6 +123,10 @@ def slow_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.model.slow.max_frames = 8
     # pyramid level attended by each decoder layer: fine-grained coarse-to-fine; (P5, P5, P5) = last map only
     c.model.slow.levels = ("P5", "P4", "P3")
+    # decoder output classes: "" = every tokenizer id; "train" = the ids of the training captions plus one
+    # shared "other" class (fastslow train fills output_ids in; much cheaper with a large tokenizer vocab)
+    c.model.slow.output_vocab = ""
+    c.model.slow.output_ids = ()
     # start the backbone from a trained run's vision tower (a workdir, e.g. the Fast run); "" = random init
     c.model.vision_init = ""
     c.model.freeze_vision = False  # keep the (initialised) backbone fixed: cheaper steps

@@ -19,6 +19,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = _emoji_base.base("slow", tiny)
     _shapes_base.slow_model(c, tiny)
     c.model.slow.max_len = 24
+    # predict the ~4k ids of the training labels and keywords (+ 'other'), not MiniLM's 30,522
+    c.model.slow.output_vocab = "train"
     c.train.batch_size = 8 if tiny else 32
     c.optim.lr = 1e-3  # the decoder starts from scratch (only the backbone is pretrained)
     c.eval.limit = 0 if tiny else 200  # exhaustive Slow validation is Q x N decoder passes

@@ -42,13 +42,17 @@ def run_cli(args, env_extra=None, timeout=300):
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
-    """A tiny pipeline workdir trained once per session: fast/, slow/ (backbone from fast), distill/."""
+    """A tiny pipeline workdir trained once per session: fast/, slow/ (backbone from fast, compact output
+    vocabulary), distill/."""
     import jax
     from fastslow_jax.train import loop
     devices = jax.devices()[:1]
     wd = str(tmp_path_factory.mktemp("pipeline"))
     loop.train(tiny_config("shapes_fast.py"), os.path.join(wd, "fast"), progress=False, devices=devices)
-    loop.train(tiny_config("shapes_slow.py", [f"model.vision_init={wd}/fast"]), os.path.join(wd, "slow"),
+    # the Slow run predicts only its training captions' ids (+ 'other'): every pipeline path (eval, re-ranking,
+    # distillation, serving) runs the compact output vocabulary; the model tests cover the full one
+    loop.train(tiny_config("shapes_slow.py", [f"model.vision_init={wd}/fast", "model.slow.output_vocab=train"]),
+               os.path.join(wd, "slow"),
                progress=False, devices=devices)
     loop.train(tiny_config("shapes_distill.py", [f"distill.teacher_workdir={wd}/slow",
                                                  f"distill.student_init={wd}/fast", "train.steps=6"]),

@@ -134,6 +134,28 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, sp
     return ds.batch(config.train.batch_size // pc, drop_remainder=True)[pi::pc]
 
 
+def caption_token_ids(data_cfg: ml_collections.ConfigDict, split: str, tokenizer: Tokenizer,
+                      progress: bool = True) -> tuple[int, ...]:
+    """The sorted distinct token ids (padding excluded) of every caption of ``split``, e.g. the output
+    vocabulary of a Slow decoder (``model.slow.output_vocab="train"``). Reads the whole split once."""
+    from tqdm import tqdm
+
+    builder = get_builder(data_cfg)
+    if split not in builder.info.splits:
+        raise ValueError(f"dataset {data_cfg.name!r} has no split {split!r}; available: {sorted(builder.info.splits)}")
+    source = builder.as_data_source(split)
+    seen = np.zeros(tokenizer.vocab_size, dtype=bool)
+    chunk: list[str] = []
+    for i in tqdm(range(len(source)), desc=f"caption vocabulary of {data_cfg.name}:{split}", unit="ex",
+                  disable=not progress or jax.process_index() != 0, mininterval=2.0):
+        chunk.extend(_captions(source[i]))
+        if len(chunk) >= 4096 or i == len(source) - 1:
+            seen[tokenizer(chunk)] = True
+            chunk = []
+    seen[0] = False  # padding
+    return tuple(int(i) for i in np.flatnonzero(seen))
+
+
 def train_iterator(ds: grain.MapDataset, num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
     """A checkpointable iterator (``get_state``/``set_state``) with background prefetch."""
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)))

@@ -14,6 +14,13 @@ the fine-grained coarse-to-fine schedule, ``(P5, P5, P5)`` the last-map-only bas
 Score: ``h(x, y) = sum_t log p_fwd(y_t | y_<t, x) + sum_t log p_bwd(y_t | y_>t, x)`` over the real
 caption tokens (padding masked), teacher-forced: one parallel pass per (image, caption) pair.
 Scoring many pairs reuses each image's cross-attention keys and values (``visual_cache``).
+
+Output vocabulary: by default the decoder predicts every tokenizer id. With ``model.slow.output_ids``
+(e.g. the ids that occur in the training captions, which ``model.slow.output_vocab="train"`` makes the
+trainer fill in), it predicts those ids plus one shared ``other`` class standing for every id outside the
+list: a coarser but still normalised distribution, so ``h`` stays a log-likelihood. Inputs still embed
+every id. With a large tokenizer (MiniLM: 30,522 ids) and a small caption vocabulary this removes most of
+the decoder's cost, which is the output projection and softmax.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import math
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from fastslow_jax.models import layers
@@ -29,6 +37,26 @@ from fastslow_jax.models.fast import compute_dtype
 from fastslow_jax.models.vision import build_backbone, conv
 
 LEVELS = ("P3", "P4", "P5")
+OUTPUT_VOCABS = ("", "train")  # model.slow.output_vocab: every tokenizer id | the training captions' ids
+
+
+class OutputIndex(nnx.Variable):
+    """[tokenizer vocab] int32: the decoder's output class of each token id (not trained)."""
+
+
+def output_classes(output_ids, vocab_size: int) -> tuple[np.ndarray | None, int]:
+    """(id -> class table, padded number of classes) for ``model.slow.output_ids``; (None, vocab_size) when
+    the list is empty (the decoder predicts every id). Class ``len(ids)`` is ``other``; the class count is
+    padded to a multiple of 128 (shardable, MXU-sized), and padded classes get no probability."""
+    ids = np.asarray(tuple(output_ids or ()), dtype=np.int64)
+    if ids.size == 0:
+        return None, vocab_size
+    if np.any(ids <= 0) or np.any(ids >= vocab_size) or len(np.unique(ids)) != ids.size:
+        raise ValueError(f"model.slow.output_ids must be distinct token ids in 1..{vocab_size - 1} "
+                         f"(the tokenizer's), got {ids.size} ids in {ids.min()}..{ids.max()}")
+    table = np.full(vocab_size, ids.size, dtype=np.int32)
+    table[ids] = np.arange(ids.size, dtype=np.int32)
+    return table, -(-(ids.size + 1) // 128) * 128
 
 
 class FPN(nnx.Module):
@@ -118,7 +146,16 @@ class SlowModel(nnx.Module):
                                      embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
                                      dtype=dtype, rngs=rngs)
         self.embed_norm = layers.layer_norm(scfg.width, rngs=rngs, dtype=dtype)
-        self.output = layers.dense(scfg.width, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype)
+        if scfg.get("output_vocab", "") not in OUTPUT_VOCABS:
+            raise ValueError(f"model.slow.output_vocab must be one of {OUTPUT_VOCABS}, got {scfg.output_vocab!r}")
+        table, num_outputs = output_classes(scfg.get("output_ids", ()), vocab_size)
+        if table is None and scfg.get("output_vocab", ""):
+            raise ValueError(f"model.slow.output_vocab={scfg.output_vocab!r} needs model.slow.output_ids, which "
+                             f"`fastslow train` fills in from the {scfg.output_vocab} split before building the model")
+        # id -> output class (None: the decoder predicts every id); classes >= num_classes are padding
+        self.output_index = None if table is None else OutputIndex(jnp.asarray(table))
+        self.num_classes = vocab_size if table is None else len(scfg.output_ids) + 1
+        self.output = layers.dense(scfg.width, num_outputs, ("embed", "vocab"), rngs=rngs, dtype=dtype)
         remat = bool(cfg.get("remat", False))
         self.fwd = CaptionDecoder(scfg, dtype=dtype, remat=remat, rngs=rngs)
         self.bwd = CaptionDecoder(scfg, dtype=dtype, remat=remat, rngs=rngs)
@@ -160,6 +197,7 @@ class SlowModel(nnx.Module):
                 rngs: nnx.Rngs | None) -> jax.Array:
         """Teacher-forced per-token log-probabilities of tokens[..., 1:] given tokens[..., :-1]."""
         inputs, targets = tokens[..., :-1], tokens[..., 1:]
+        valid = targets != self.pad_id
         length = inputs.shape[-1]
         x = self.token_embed(inputs) + dec.position(jnp.arange(length))
         x = self.embed_norm(x)
@@ -168,9 +206,13 @@ class SlowModel(nnx.Module):
         for layer, layer_kv in zip(dec.layers, kv):
             x = layer(x, mask=mask, memory_kv=layer_kv, deterministic=deterministic, rngs=rngs)
         logits = self.output(x).astype(jnp.float32)
+        if self.output_index is not None:  # compact output: ids -> classes; padded classes get no mass
+            targets = self.output_index[...][targets]
+            if logits.shape[-1] > self.num_classes:
+                logits = jnp.where(jnp.arange(logits.shape[-1]) < self.num_classes, logits, -jnp.inf)
         logp = jax.nn.log_softmax(logits, axis=-1)
         tok_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        return jnp.where(targets != self.pad_id, tok_logp, 0.0)
+        return jnp.where(valid, tok_logp, 0.0)
 
     def token_log_probs(self, tokens: jax.Array, cache, *, train: bool = False, rngs: nnx.Rngs | None = None):
         """(fwd, bwd) per-token log-probabilities, each [..., L-1]; cache leaves broadcast against tokens."""

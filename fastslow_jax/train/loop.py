@@ -248,6 +248,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     """Train (or resume) ``config`` in ``workdir``; returns the final validation metrics, if any."""
     os.makedirs(workdir, exist_ok=True)
     _absolute_run_paths(config)
+    parallel.prepare_once(lambda: pipeline.get_builder(config.data), "dataset")
+    task = get_task(config.task)
+    if hasattr(task, "prepare_config"):  # fields derived from the data (e.g. Slow's output vocabulary)
+        task.prepare_config(config)
     _write_config(config, workdir)
     run = setup(config, devices)
     tcfg = config.train
@@ -260,7 +264,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                          f"{parallel.batch_divisor(run.mesh, run.rules)} devices the batch is split over")
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tcfg.keep_checkpoints)
     writer = MetricWriter(workdir)
-    parallel.prepare_once(lambda: pipeline.get_builder(config.data), "dataset")
     extras = run.task.data_extras(run, workdir) if hasattr(run.task, "data_extras") else None
     it = pipeline.train_iterator(pipeline.train_dataset(config, run.tokenizer, extras=extras))
     start = 0

@@ -32,6 +32,21 @@ class SlowTask:
             return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("vision")))
         return nnx.Param
 
+    def prepare_config(self, config: ml_collections.ConfigDict) -> None:
+        """Resolve ``model.slow.output_vocab="train"``: fill ``model.slow.output_ids`` with the token ids of
+        the training captions (deterministic, so a resumed run gets the same list). The list is saved in
+        the run's config.json, so the model can be rebuilt, and its checkpoints read, without the data."""
+        from fastslow_jax.data import pipeline
+
+        scfg = config.model.slow
+        if scfg.get("output_vocab", "") != "train" or scfg.get("output_ids"):
+            return
+        tokenizer = pipeline.make_tokenizer(config.data)
+        ids = pipeline.caption_token_ids(config.data, config.data.train_split, tokenizer)
+        scfg.output_ids = ids
+        print(f"[fastslow] Slow output vocabulary: the {len(ids)} token ids of the {config.data.train_split} "
+              f"captions + 1 'other' class (the tokenizer has {tokenizer.vocab_size})")
+
     def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> SlowModel:
         return SlowModel(config.model, vocab_size=vocab_size, rngs=rngs)
 

@@ -4,12 +4,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fastslow_jax.models.slow import FPN, SlowModel, position_embedding_2d, reverse_tokens
+from fastslow_jax.models.slow import FPN, SlowModel, output_classes, position_embedding_2d, reverse_tokens
 from tests.conftest import tiny_config
 
+OUTPUT_IDS = (2, 3, 40, 41, 42, 43, 44, 50, 60)  # a compact output vocabulary (tokens 45..47, 70, 99: 'other')
 
-def _model(levels=("P5", "P4", "P3")):
+
+def _model(levels=("P5", "P4", "P3"), output_ids=()):
     cfg = tiny_config("shapes_slow.py", overrides=[f"model.slow.levels={','.join(levels)}"])
+    cfg.model.slow.output_ids = tuple(output_ids)
     return SlowModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))
 
 
@@ -32,8 +35,9 @@ def _one_position_at_a_time(model, dec, tokens, cache):
     return total
 
 
-def test_score_is_the_sum_of_per_token_log_probs_computed_one_position_at_a_time():
-    model = _model()
+@pytest.mark.parametrize("output_ids", [(), OUTPUT_IDS], ids=["full_vocab", "compact_vocab"])
+def test_score_is_the_sum_of_per_token_log_probs_computed_one_position_at_a_time(output_ids):
+    model = _model(output_ids=output_ids)
     cache = model.visual_cache(IMAGES)
     want = (_one_position_at_a_time(model, model.fwd, TOKENS, cache["fwd"])
             + _one_position_at_a_time(model, model.bwd, reverse_tokens(TOKENS), cache["bwd"]))
@@ -101,3 +105,33 @@ def test_position_embedding_distinguishes_cells():
     assert e.shape == (16, 32)
     d = np.linalg.norm(e[:, None] - e[None], axis=-1)
     assert (d + np.eye(16)).min() > 0.1
+
+
+def test_output_classes_map_listed_ids_in_order_and_the_rest_to_other():
+    table, n = output_classes((5, 2, 9), 12)
+    np.testing.assert_array_equal(table, [3, 3, 1, 3, 3, 0, 3, 3, 3, 2, 3, 3])  # class 3 = 'other'
+    assert n == 128  # 4 classes, padded to a multiple of 128
+    assert output_classes((), 12) == (None, 12)
+    for bad in ((0, 5), (5, 5), (12,)):
+        with pytest.raises(ValueError, match="output_ids"):
+            output_classes(bad, 12)
+
+
+def test_compact_output_vocabulary_is_a_normalised_distribution_with_one_other_class():
+    """The next-token distribution after a prefix sums to 1 over the listed ids plus 'other', and every
+    unlisted id gets the same log-probability: that of 'other'."""
+    model = _model(output_ids=OUTPUT_IDS)
+    cache = jax.tree.map(lambda x: x[:1], model.visual_cache(IMAGES))
+    listed, unlisted = [t for t in OUTPUT_IDS if t != 2], [45, 70, 99]  # [CLS] (2) never follows a prefix
+    nexts = [2] + listed + unlisted  # 2 is a valid target too (a class of its own)
+    tokens = jnp.asarray([[2, 40, 41, t] for t in nexts])
+    logp = np.asarray(model._decode(model.fwd, tokens, cache["fwd"], deterministic=True, rngs=None))[:, -1]
+    np.testing.assert_allclose(logp[-3:], logp[-1], rtol=1e-6)  # unlisted ids: one class
+    np.testing.assert_allclose(np.exp(logp[:-2]).sum(), 1.0, rtol=1e-5)  # listed classes + 'other' once
+    assert model.output.kernel.shape[-1] == 128
+
+
+def test_output_vocab_train_without_resolved_ids_is_a_clear_error():
+    cfg = tiny_config("shapes_slow.py", overrides=["model.slow.output_vocab=train"])
+    with pytest.raises(ValueError, match="output_ids"):
+        SlowModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))

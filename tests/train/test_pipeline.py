@@ -49,6 +49,24 @@ def test_slow_backbone_starts_from_fast_and_distill_keeps_the_teacher_frozen(pip
     assert any(np.any(g != 0) for g in _leaves(grads["student"]))
 
 
+def test_slow_output_vocabulary_is_the_training_captions_words(pipeline_dir):
+    """model.slow.output_vocab=train: config.json lists the ids of the words of the train split's captions
+    (+ [CLS], [SEP]), computed here from the vocab file and str.split, independently of the tokenizer."""
+    from fastslow_jax.data import pipeline
+    from fastslow_jax.data.tokenizer import resolve_vocab
+
+    with open(os.path.join(pipeline_dir, "slow", "config.json"), encoding="utf-8") as f:
+        saved = json.load(f)["model"]["slow"]
+    cfg = loop.load_trained(os.path.join(pipeline_dir, "slow"), devices=jax.devices()[:1])[0].config
+    with open(resolve_vocab(cfg.data.tokenizer), encoding="utf-8") as f:
+        index = {w: i for i, w in enumerate(f.read().split("\n"))}
+    source = pipeline.get_builder(cfg.data).as_data_source("train")
+    words = {w for i in range(len(source)) for c in source[i]["captions"] for w in c.decode().split()}
+    want = sorted({index["[CLS]"], index["[SEP]"]} | {index[w] for w in words})
+    assert saved["output_vocab"] == "train" and saved["output_ids"] == want
+    assert 10 < len(want) < 131  # a real subset of the shapes vocab
+
+
 def test_pipeline_table_has_every_row(pipeline_dir):
     assert evaluate.is_pipeline_workdir(pipeline_dir)
     rows = evaluate.evaluate_pipeline(pipeline_dir, "test", ["eval.limit=32", "eval.queries_per_image=1"],

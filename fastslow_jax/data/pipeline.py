@@ -116,6 +116,14 @@ def make_tokenizer(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
     return Tokenizer(data_cfg.tokenizer, max_len=data_cfg.max_len)
 
 
+def split_source(data_cfg: ml_collections.ConfigDict, split: str):
+    """The random-access source of ``split`` (built on first use), or a clear error naming the splits."""
+    builder = get_builder(data_cfg)
+    if split not in builder.info.splits:
+        raise ValueError(f"dataset {data_cfg.name!r} has no split {split!r}; available: {sorted(builder.info.splits)}")
+    return builder.as_data_source(split)
+
+
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, split: str | None = None,
                   process_index: int | None = None, process_count: int | None = None,
                   extras=None) -> grain.MapDataset:
@@ -127,7 +135,7 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, sp
     pc = jax.process_count() if process_count is None else process_count
     if config.train.batch_size % pc:
         raise ValueError(f"train.batch_size {config.train.batch_size} is not divisible by {pc} processes")
-    source = get_builder(data_cfg).as_data_source(split or data_cfg.train_split)
+    source = split_source(data_cfg, split or data_cfg.train_split)
     ds = grain.MapDataset.source(source).map_with_index(lambda i, ex: (i, ex))
     ds = ds.shuffle(seed=config.seed).repeat(None)
     ds = ds.random_map(_TrainTransform(tokenizer, extras, data_cfg.get("image_size", 0) or 0), seed=config.seed + 1)
@@ -140,10 +148,7 @@ def caption_token_ids(data_cfg: ml_collections.ConfigDict, split: str, tokenizer
     vocabulary of a Slow decoder (``model.slow.output_vocab="train"``). Reads the whole split once."""
     from tqdm import tqdm
 
-    builder = get_builder(data_cfg)
-    if split not in builder.info.splits:
-        raise ValueError(f"dataset {data_cfg.name!r} has no split {split!r}; available: {sorted(builder.info.splits)}")
-    source = builder.as_data_source(split)
+    source = split_source(data_cfg, split)
     seen = np.zeros(tokenizer.vocab_size, dtype=bool)
     chunk: list[str] = []
     for i in tqdm(range(len(source)), desc=f"caption vocabulary of {data_cfg.name}:{split}", unit="ex",
@@ -172,11 +177,7 @@ class EvalSplit:
                  queries_per_image: int | None = None):
         self.name, self.split = data_cfg.name, split
         self.image_size = data_cfg.get("image_size", 0) or 0  # see _decode_image
-        builder = get_builder(data_cfg)
-        if split not in builder.info.splits:
-            raise ValueError(f"dataset {data_cfg.name!r} has no split {split!r}; "
-                             f"available: {sorted(builder.info.splits)}")
-        self.source = builder.as_data_source(split)
+        self.source = split_source(data_cfg, split)
         self.num_images = len(self.source) if not limit else min(limit, len(self.source))
         self.captions: list[str] = []
         cap2img: list[int] = []

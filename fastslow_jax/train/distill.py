@@ -200,7 +200,7 @@ class TopMExtras:
         with np.load(path) as f:
             self.candidates, self.scores = f["candidates"], f["scores"]
             self.offsets, self.counts = f["offsets"], f["counts"]
-        self.source = pipeline.get_builder(config.data).as_data_source(config.data.train_split)
+        self.source = pipeline.split_source(config.data, config.data.train_split)
         if len(self.offsets) != len(self.source):
             raise ValueError(f"{path} was computed for {len(self.offsets)} training images, but the split has "
                              f"{len(self.source)}; delete it to recompute")

@@ -5,7 +5,7 @@
 #   bash launch/emoji.sh [WORKDIR]          (default runs/emoji; data in data/emoji)
 # Stages as in launch/demo.sh (fast_init, slow, fast = control, distill, eval); rerunning resumes.
 # Measured on this project's 2-core CPU (data already fetched and built: 4 s and 7 s): 40 min 34 s in all:
-# fast_init 9 min 8 s, slow (1,800 steps) 14 min 8 s, fast 5 min 18 s, distill 5 min 59 s, eval 6 min, of
+# fast_init 9 min 7 s, slow (1,800 steps) 14 min 8 s, fast 5 min 18 s, distill 5 min 59 s, eval 6 min, of
 # which exhaustive Slow over the 758 test images cost 341 ms per query (compact output vocabulary).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 WORKDIR="${1:-runs/emoji}"

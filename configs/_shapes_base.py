@@ -23,6 +23,13 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.data.test_split = "test"
     c.data.tokenizer = "shapes"  # built-in vocab, or a path to vocab.txt / a BERT checkpoint dir
     c.data.max_len = 64  # shapes captions have up to 56 words
+    # model inputs: 0 = as stored; > 0 = resize the shorter side to image_size / image_crop (PIL filter
+    # image_resample) and centre-crop image_size x image_size (image_crop 1.0 keeps the whole image)
+    c.data.image_size = 0
+    c.data.image_crop = 0.875
+    c.data.image_resample = "bilinear"
+    # training: the probability of taking an image's first caption (else one of all, uniformly); 0 = uniform
+    c.data.first_caption_prob = 0.0
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
@@ -52,6 +59,8 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
     c.optim.grad_clip = 1.0
+    # learning-rate factor per submodule name (e.g. text=0.1: a pretrained text tower moves 10x slower)
+    c.optim.lr_mult = ml_collections.ConfigDict({"vision": 1.0, "text": 1.0})
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16 if tiny else 128
@@ -109,6 +118,12 @@ def fast_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.model.text.dropout = 0.0
     c.loss = ml_collections.ConfigDict()
     c.loss.direction = "both"  # t2i | i2t | both (symmetric InfoNCE)
+    # same caption text or same image = positives of each other, never negatives (shared labels, tags)
+    c.loss.multi_positive = False
+    # lock a tower (LiT): not trained; a locked image tower keeps its BatchNorm statistics and its features
+    # are computed once per training image
+    c.model.freeze_vision = False
+    c.model.freeze_text = False
 
 
 def slow_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
@@ -127,6 +142,10 @@ def slow_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     # shared "other" class (fastslow train fills output_ids in; much cheaper with a large tokenizer vocab)
     c.model.slow.output_vocab = ""
     c.model.slow.output_ids = ()
+    # "" = a decoder trained from scratch; a BERT-family checkpoint (or "minilm") = the decoder starts from it:
+    # its embeddings (tied at the output), its first len(levels) layers run causally with gated cross-attention
+    # (width, heads, mlp_dim and max_len then come from the checkpoint); use output_vocab "train+query" or ""
+    c.model.slow.pretrained = ""
     # start the backbone from a trained run's vision tower (a workdir, e.g. the Fast run); "" = random init
     c.model.vision_init = ""
     c.model.freeze_vision = False  # keep the (initialised) backbone fixed: cheaper steps

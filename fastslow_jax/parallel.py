@@ -72,6 +72,8 @@ def state_shardings(state: Any, rules: Mapping[str, Any], mesh: Mesh):
         meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
         names = meta.get("out_sharding") or meta.get("sharding_names") or meta.get("sharding")
         value = var.get_value() if isinstance(var, nnx.Variable) else var
+        if not hasattr(value, "shape"):  # e.g. optax's MaskedNode (a parameter another optimizer group owns)
+            return NamedSharding(mesh, P())
         return NamedSharding(mesh, logical_to_mesh(names, tuple(value.shape), rules, mesh))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -66,10 +66,21 @@ def _is_prepared(builder) -> bool:
         return False
 
 
-def _decode_image(image: Any, size: int = 0) -> np.ndarray:
+def image_options(data_cfg: ml_collections.ConfigDict) -> tuple[int, float, str]:
+    """(``data.image_size``, ``data.image_crop``, ``data.image_resample``): how stored images become model
+    inputs (see ``_decode_image``). Older configs without the last two get the historical 7/8 bilinear crop."""
+    crop = float(data_cfg.get("image_crop", 0.875) or 0.875)
+    if not 0.0 < crop <= 1.0:
+        raise ValueError(f"data.image_crop must be in (0, 1] (the centre fraction kept), got {crop}")
+    return int(data_cfg.get("image_size", 0) or 0), crop, str(data_cfg.get("image_resample", "bilinear"))
+
+
+def _decode_image(image: Any, size: int = 0, crop: float = 0.875, resample: str = "bilinear") -> np.ndarray:
     """Stored image (or clip) -> uint8 [H, W, 3] (or [T, H, W, 3]); with ``size`` > 0 (``data.image_size``)
-    each image / frame is resized (shorter side to round(size * 8 / 7)) and centre-cropped to size x size,
-    the convention of `models.vision.preprocess_image`, so that datasets of mixed image sizes batch."""
+    each image / frame is resized (shorter side to round(size / crop)) with the PIL filter ``resample`` and
+    centre-cropped to size x size (``crop`` = 7/8 is `models.vision.preprocess_image`'s convention; 1 keeps
+    the whole image, e.g. small icons upsampled to a backbone's pretrained resolution), so that datasets of
+    mixed image sizes batch."""
     if isinstance(image, (bytes, bytearray)):
         from PIL import Image
         with Image.open(io.BytesIO(image)) as im:
@@ -77,7 +88,7 @@ def _decode_image(image: Any, size: int = 0) -> np.ndarray:
     image = np.asarray(image, dtype=np.uint8)
     if size and image.shape[-3:-1] != (size, size):
         from fastslow_jax.models import vision
-        spec = vision.Preprocessing(round(size * 8 / 7), size, (0.0,) * 3, (1.0,) * 3)
+        spec = vision.Preprocessing(round(size / crop), size, (0.0,) * 3, (1.0,) * 3, resample)
         frames = image.reshape((-1,) + image.shape[-3:])
         image = np.stack([vision.preprocess_image(f, spec) for f in frames]).reshape(
             image.shape[:-3] + (size, size, 3))
@@ -90,23 +101,33 @@ def _captions(example: dict) -> list[str]:
 
 
 class _TrainTransform(grain.transforms.RandomMap):
-    """Decode the image, pick one of its captions at random, tokenise it.
+    """Decode the image, pick one of its captions at random, tokenise it; ``image_index`` is the record's
+    index in the split (so a loss can tell two rows of one image apart from two images).
 
     ``extras(record_index, caption_index)``, when given, returns more arrays for the example (e.g. a
-    distillation teacher's precomputed candidates)."""
+    distillation teacher's precomputed candidates, or a locked image tower's cached features). When
+    ``extras.replaces_image`` is true the image is not decoded at all (its features stand in for it)."""
 
-    def __init__(self, tokenizer: Tokenizer, extras=None, image_size: int = 0):
+    def __init__(self, tokenizer: Tokenizer, extras=None, image_options: tuple = (0,), first_caption_prob: float = 0.0):
+        self.first_caption_prob = float(first_caption_prob)
         self.tokenizer = tokenizer
         self.extras = extras
-        self.image_size = image_size
+        self.image_options = tuple(image_options)
+        self.decode = not getattr(extras, "replaces_image", False)
 
     def random_map(self, item: tuple[int, dict], rng: np.random.Generator) -> dict[str, np.ndarray]:
         index, example = item
         caps = _captions(example)
         if not caps:
             raise ValueError(f"example {example.get('image_id')!r} has no caption")
-        c = int(rng.integers(len(caps)))
-        out = {"image": _decode_image(example["image"], self.image_size), "tokens": self.tokenizer([caps[c]])[0]}
+        # data.first_caption_prob: how often the first caption (e.g. a label, with keywords after it) is the one
+        if self.first_caption_prob > 0 and len(caps) > 1 and rng.random() < self.first_caption_prob:
+            c = 0
+        else:
+            c = int(rng.integers(len(caps)))
+        out = {"tokens": self.tokenizer([caps[c]])[0], "image_index": np.int32(index)}
+        if self.decode:
+            out["image"] = _decode_image(example["image"], *self.image_options)
         if self.extras is not None:
             out.update(self.extras(index, c))
         return out
@@ -138,7 +159,8 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, sp
     source = split_source(data_cfg, split or data_cfg.train_split)
     ds = grain.MapDataset.source(source).map_with_index(lambda i, ex: (i, ex))
     ds = ds.shuffle(seed=config.seed).repeat(None)
-    ds = ds.random_map(_TrainTransform(tokenizer, extras, data_cfg.get("image_size", 0) or 0), seed=config.seed + 1)
+    ds = ds.random_map(_TrainTransform(tokenizer, extras, image_options(data_cfg),
+                                           data_cfg.get("first_caption_prob", 0.0)), seed=config.seed + 1)
     return ds.batch(config.train.batch_size // pc, drop_remainder=True)[pi::pc]
 
 
@@ -176,7 +198,7 @@ class EvalSplit:
     def __init__(self, data_cfg: ml_collections.ConfigDict, split: str, limit: int | None = None,
                  queries_per_image: int | None = None):
         self.name, self.split = data_cfg.name, split
-        self.image_size = data_cfg.get("image_size", 0) or 0  # see _decode_image
+        self.image_options = image_options(data_cfg)  # see _decode_image
         self.source = split_source(data_cfg, split)
         self.num_images = len(self.source) if not limit else min(limit, len(self.source))
         self.captions: list[str] = []
@@ -193,12 +215,12 @@ class EvalSplit:
 
     def images(self, indices) -> np.ndarray:
         """The decoded images at ``indices`` (for recomputing visual features), stacked."""
-        return np.stack([_decode_image(self.source[int(i)]["image"], self.image_size) for i in indices])
+        return np.stack([_decode_image(self.source[int(i)]["image"], *self.image_options) for i in indices])
 
     def image_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
         """Yield (images [batch_size, ...], num_valid); the last batch is padded by repeating image 0."""
         ds = grain.MapDataset.source(self.source)[: self.num_images]
-        ds = ds.map(lambda ex: _decode_image(ex["image"], self.image_size)).batch(batch_size)
+        ds = ds.map(lambda ex: _decode_image(ex["image"], *self.image_options)).batch(batch_size)
         for batch in ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)):
             n = len(batch)
             if n < batch_size:

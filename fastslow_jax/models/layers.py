@@ -114,12 +114,18 @@ class TransformerLayer(nnx.Module):
     """A post-LayerNorm (BERT-style) transformer layer, optionally with cross-attention to a memory.
 
     x -> LN(x + SelfAttn(x)) [-> LN(x + CrossAttn(x, memory))] -> LN(x + MLP(x)).
+
+    ``cross_gate``: the cross-attention block is instead ``x + tanh(g) * CrossAttn(LN(x), memory)`` with a
+    learned scalar gate ``g`` initialised to 0 (as in Flamingo), so a layer taken from a pretrained text
+    encoder computes exactly what it did before training starts, and learns how much to look.
     """
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, cross_attention: bool = False,
                  memory_width: int | None = None, dropout: float = 0.0, ln_eps: float = 1e-12,
-                 dtype=None, remat: bool = False, rngs: nnx.Rngs):
+                 cross_gate: bool = False, dtype=None, remat: bool = False, rngs: nnx.Rngs):
         self.remat = remat  # recompute this layer's activations in the backward pass (saves memory)
+        self.cross_gate = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=()) if cross_attention and cross_gate \
+            else None
         self.attention = MultiHeadAttention(width, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
         self.attention_norm = layer_norm(width, eps=ln_eps, rngs=rngs, dtype=dtype)
         if cross_attention:
@@ -147,8 +153,12 @@ class TransformerLayer(nnx.Module):
         if self.cross_attention is not None:
             if memory is None and memory_kv is None:
                 raise ValueError("this layer has cross-attention and needs a memory to attend to")
-            h = self.cross_attention(x, memory, mask=memory_mask, kv_cache=memory_kv, **kw)
-            x = self.cross_norm(x + self.dropout(h, **kw))
+            if self.cross_gate is not None:  # pre-LN, gated residual: the identity while the gate is 0
+                h = self.cross_attention(self.cross_norm(x), memory, mask=memory_mask, kv_cache=memory_kv, **kw)
+                x = x + jnp.tanh(self.cross_gate[...]).astype(x.dtype) * self.dropout(h, **kw)
+            else:
+                h = self.cross_attention(x, memory, mask=memory_mask, kv_cache=memory_kv, **kw)
+                x = self.cross_norm(x + self.dropout(h, **kw))
         return constrain(self.mlp_norm(x + self.mlp(x, **kw)), ("batch", "length", "embed"))
 
 

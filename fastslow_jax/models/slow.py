@@ -21,6 +21,17 @@ trainer fill in), it predicts those ids plus one shared ``other`` class standing
 list: a coarser but still normalised distribution, so ``h`` stays a log-likelihood. Inputs still embed
 every id. With a large tokenizer (MiniLM: 30,522 ids) and a small caption vocabulary this removes most of
 the decoder's cost, which is the output projection and softmax.
+
+Pretrained decoder (``model.slow.pretrained``, e.g. ``minilm``: a BERT-family checkpoint): the token,
+position and LayerNorm embeddings are the checkpoint's (shared by both directions), each direction's
+layers are copies of its first ``len(levels)`` layers run with a causal mask, and each layer gets a gated
+cross-attention block (``layers.TransformerLayer(cross_gate=True)``, gate 0 at the start, so at step 0 the
+decoder is the pretrained encoder run causally). The output is tied to the word embeddings (a fresh
+dense + GELU + LayerNorm transform, then ``E^T`` and a bias), so every word piece is predicted with its own
+pretrained embedding. ``output_vocab="train+query"`` keeps that affordable: the softmax runs over the
+training captions' ids plus, when scoring, the query's own ids, one fixed class set for every image a
+query is scored against, so ``h`` stays a log-likelihood and an unseen word piece keeps its own embedding
+(training targets are all training ids, so training uses the training ids alone).
 """
 from __future__ import annotations
 
@@ -34,10 +45,12 @@ from flax import nnx
 
 from fastslow_jax.models import layers
 from fastslow_jax.models.fast import compute_dtype
+from fastslow_jax.models.text import Embeddings, pretrained_arch
 from fastslow_jax.models.vision import build_backbone, conv
 
 LEVELS = ("P3", "P4", "P5")
-OUTPUT_VOCABS = ("", "train")  # model.slow.output_vocab: every tokenizer id | the training captions' ids
+# model.slow.output_vocab: every tokenizer id | the training captions' ids + 'other' | the training ids + the query's
+OUTPUT_VOCABS = ("", "train", "train+query")
 
 
 class OutputIndex(nnx.Variable):
@@ -105,28 +118,53 @@ def reverse_tokens(tokens: jax.Array, pad_id: int = 0) -> jax.Array:
 
 
 class CaptionDecoder(nnx.Module):
-    """One direction: position embeddings + causal layers with cross-attention."""
+    """One direction: position embeddings (unless shared pretrained embeddings carry them) + causal layers
+    with cross-attention (gated when the layers come from a pretrained encoder)."""
 
-    def __init__(self, cfg, *, dtype=None, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, own_positions: bool = True, cross_gate: bool = False, dtype=None,
+                 remat: bool = False, rngs: nnx.Rngs):
         init = nnx.initializers.truncated_normal(stddev=0.02)
         self.position = nnx.Embed(cfg.max_len, cfg.width, embedding_init=nnx.with_partitioning(init, (None, "embed")),
-                                  dtype=dtype, rngs=rngs)
+                                  dtype=dtype, rngs=rngs) if own_positions else None
         self.layers = nnx.List([
             layers.TransformerLayer(cfg.width, cfg.num_heads, cfg.mlp_dim, cross_attention=True,
-                                    dropout=cfg.dropout, dtype=dtype, remat=remat, rngs=rngs)
+                                    dropout=cfg.dropout, ln_eps=cfg.get("ln_eps", 1e-12), cross_gate=cross_gate,
+                                    dtype=dtype, remat=remat, rngs=rngs)
             for _ in range(len(cfg.levels))
         ])
+
+
+class TiedOutput(nnx.Module):
+    """Output logits tied to the word embeddings: ``LN(gelu(dense(h))) @ E^T + b`` (BERT's MLM head shape)."""
+
+    def __init__(self, width: int, vocab_size: int, *, ln_eps: float = 1e-12, dtype=None, rngs: nnx.Rngs):
+        self.transform = layers.dense(width, width, ("embed", None), rngs=rngs, dtype=dtype)
+        self.norm = layers.layer_norm(width, eps=ln_eps, rngs=rngs, dtype=dtype)
+        self.bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32), out_sharding=("vocab",))
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        return self.norm(jax.nn.gelu(self.transform(h), approximate=False))
 
 
 class SlowModel(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, rngs: nnx.Rngs):
         dtype = compute_dtype(cfg)
         scfg = cfg.slow
+        if scfg.get("pretrained", ""):  # the architecture comes from the checkpoint's config.json
+            scfg = ml_collections.ConfigDict(scfg.to_dict())
+            arch = pretrained_arch(scfg.pretrained, what="model.slow.pretrained", vocab_size=vocab_size)
+            if len(scfg.levels) > arch["depth"]:
+                raise ValueError(f"model.slow.levels asks for {len(scfg.levels)} decoder layers, but "
+                                 f"model.slow.pretrained ({scfg.pretrained}) has only {arch['depth']}")
+            for k in ("width", "num_heads", "mlp_dim", "max_len", "ln_eps", "type_vocab_size"):
+                scfg[k] = arch[k]
+            vocab_size = arch["vocab_size"]
         bad = [lv for lv in scfg.levels if lv not in LEVELS]
         if bad or not scfg.levels:
             raise ValueError(f"model.slow.levels must list one of {LEVELS} per decoder layer, got {tuple(scfg.levels)}")
         self.levels = tuple(scfg.levels)
         self.width = scfg.width
+        self.vision_locked = bool(cfg.get("freeze_vision", False))  # a locked backbone keeps its BatchNorm stats
         self.vision = build_backbone(cfg.vision, dtype=dtype, rngs=rngs)
         if set(self.vision.channels) != {"C3", "C4", "C5"}:
             raise ValueError(f"model.vision.name {cfg.vision.name!r} gives no C3..C5 pyramid, which Slow needs; "
@@ -142,30 +180,56 @@ class SlowModel(nnx.Module):
         init = nnx.initializers.truncated_normal(stddev=0.02)
         self.level_embed = nnx.Param(init(rngs.params(), (len(LEVELS), scfg.width)), out_sharding=(None, "embed"))
         self.frame_embed = nnx.Param(init(rngs.params(), (scfg.max_frames, scfg.width)), out_sharding=(None, "embed"))
-        self.token_embed = nnx.Embed(vocab_size, scfg.width,
-                                     embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
-                                     dtype=dtype, rngs=rngs)
-        self.embed_norm = layers.layer_norm(scfg.width, rngs=rngs, dtype=dtype)
-        if scfg.get("output_vocab", "") not in OUTPUT_VOCABS:
-            raise ValueError(f"model.slow.output_vocab must be one of {OUTPUT_VOCABS}, got {scfg.output_vocab!r}")
-        table, num_outputs = output_classes(scfg.get("output_ids", ()), vocab_size)
-        if table is None and scfg.get("output_vocab", ""):
-            raise ValueError(f"model.slow.output_vocab={scfg.output_vocab!r} needs model.slow.output_ids, which "
-                             f"`fastslow train` fills in from the {scfg.output_vocab} split before building the model")
-        # id -> output class (None: the decoder predicts every id); classes >= num_classes are padding
-        self.output_index = None if table is None else OutputIndex(jnp.asarray(table))
-        self.num_classes = vocab_size if table is None else len(scfg.output_ids) + 1
-        self.output = layers.dense(scfg.width, num_outputs, ("embed", "vocab"), rngs=rngs, dtype=dtype)
+        self.pretrained = bool(scfg.get("pretrained", ""))
+        vocab = scfg.get("output_vocab", "")
+        if vocab not in OUTPUT_VOCABS:
+            raise ValueError(f"model.slow.output_vocab must be one of {OUTPUT_VOCABS}, got {vocab!r}")
+        if self.pretrained:  # the checkpoint's embeddings (word + position + LayerNorm), shared by both directions
+            self.token_embed = Embeddings(vocab_size, scfg.width, scfg.max_len, dropout=scfg.dropout, dtype=dtype,
+                                          type_vocab_size=scfg.get("type_vocab_size", 2),
+                                          ln_eps=scfg.get("ln_eps", 1e-12), rngs=rngs)
+            self.embed_norm = None
+        else:
+            self.token_embed = nnx.Embed(vocab_size, scfg.width,
+                                         embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
+                                         dtype=dtype, rngs=rngs)
+            self.embed_norm = layers.layer_norm(scfg.width, rngs=rngs, dtype=dtype)
+        if vocab == "train+query" and not self.pretrained:
+            raise ValueError("model.slow.output_vocab='train+query' needs output embeddings for every id, which only the "
+                             "tied output of a pretrained decoder has: set model.slow.pretrained (e.g. minilm)")
+        if vocab == "train" and self.pretrained:
+            raise ValueError("model.slow.output_vocab='train' collapses unseen ids into one class; a pretrained "
+                             "decoder's tied output scores them with their own embeddings: use 'train+query' or ''")
+        ids = tuple(scfg.get("output_ids", ()) or ())
+        if ids and not vocab:  # output_ids listed without output_vocab: the compact vocabulary, as before
+            vocab = "train"
+            if self.pretrained:
+                vocab = "train+query"
+        if vocab and not ids:
+            raise ValueError(f"model.slow.output_vocab={vocab!r} needs model.slow.output_ids, which "
+                             f"`fastslow train` fills in from the training split before building the model")
+        table, num_outputs = output_classes(ids if vocab else (), vocab_size)  # validates the ids
+        # train: id -> output class (classes >= num_classes are padding); train+query: the class ids, and
+        # whether each id is one of them
+        self.output_index = OutputIndex(jnp.asarray(table)) if vocab == "train" else None
+        self.class_ids = OutputIndex(jnp.asarray(np.asarray(ids, np.int32))) if vocab == "train+query" else None
+        self.in_classes = OutputIndex(jnp.asarray(table < len(ids))) if vocab == "train+query" else None
+        self.num_classes = {"train": len(ids) + 1, "train+query": len(ids)}.get(vocab, vocab_size)
+        if self.pretrained:
+            self.output = TiedOutput(scfg.width, vocab_size, ln_eps=scfg.get("ln_eps", 1e-12), dtype=dtype, rngs=rngs)
+        else:
+            self.output = layers.dense(scfg.width, num_outputs, ("embed", "vocab"), rngs=rngs, dtype=dtype)
         remat = bool(cfg.get("remat", False))
-        self.fwd = CaptionDecoder(scfg, dtype=dtype, remat=remat, rngs=rngs)
-        self.bwd = CaptionDecoder(scfg, dtype=dtype, remat=remat, rngs=rngs)
+        kw = dict(own_positions=not self.pretrained, cross_gate=self.pretrained, dtype=dtype, remat=remat, rngs=rngs)
+        self.fwd = CaptionDecoder(scfg, **kw)
+        self.bwd = CaptionDecoder(scfg, **kw)
         self.pad_id = 0
 
     # ----------------------------------------------------------------------------- visual side
     def visual_tokens(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         """uint8 [B, H, W, 3] (or clips [B, T, H, W, 3]) -> {level: [B, tokens, width]}."""
         frames, lead = layers.fold_time(images)
-        pyramid = self.fpn(self.vision(frames, train=train))
+        pyramid = self.fpn(self.vision(frames, train=train and not self.vision_locked))
         out = {}
         for i, level in enumerate(LEVELS):
             p = self.level_norm[level](pyramid[level], use_running_average=not train)
@@ -193,26 +257,58 @@ class SlowModel(nnx.Module):
         return cache
 
     # ----------------------------------------------------------------------------- text side
+    def hidden_states(self, dec: CaptionDecoder, inputs: jax.Array, kv, *, deterministic: bool = True,
+                      rngs: nnx.Rngs | None = None) -> jax.Array:
+        """The last decoder layer's states [..., T, width] for input tokens [..., T] (causal, padding masked)."""
+        length = inputs.shape[-1]
+        if self.pretrained:
+            x = self.token_embed(inputs, deterministic=deterministic, rngs=rngs)
+        else:
+            x = self.embed_norm(self.token_embed(inputs) + dec.position(jnp.arange(length)))
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        mask = causal & (inputs != self.pad_id)[..., None, None, :]
+        for layer, layer_kv in zip(dec.layers, kv):
+            x = layer(x, mask=mask, memory_kv=layer_kv, deterministic=deterministic, rngs=rngs)
+        return x
+
     def _decode(self, dec: CaptionDecoder, tokens: jax.Array, kv, *, deterministic: bool,
                 rngs: nnx.Rngs | None) -> jax.Array:
         """Teacher-forced per-token log-probabilities of tokens[..., 1:] given tokens[..., :-1]."""
         inputs, targets = tokens[..., :-1], tokens[..., 1:]
         valid = targets != self.pad_id
-        length = inputs.shape[-1]
-        x = self.token_embed(inputs) + dec.position(jnp.arange(length))
-        x = self.embed_norm(x)
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        mask = causal & (inputs != self.pad_id)[..., None, None, :]
-        for layer, layer_kv in zip(dec.layers, kv):
-            x = layer(x, mask=mask, memory_kv=layer_kv, deterministic=deterministic, rngs=rngs)
-        logits = self.output(x).astype(jnp.float32)
-        if self.output_index is not None:  # compact output: ids -> classes; padded classes get no mass
-            targets = self.output_index[...][targets]
-            if logits.shape[-1] > self.num_classes:
-                logits = jnp.where(jnp.arange(logits.shape[-1]) < self.num_classes, logits, -jnp.inf)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        tok_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        x = self.hidden_states(dec, inputs, kv, deterministic=deterministic, rngs=rngs)
+        if self.pretrained:
+            tok_logp = self._tied_log_probs(self.output(x), tokens, targets)
+        else:
+            logits = self.output(x).astype(jnp.float32)
+            if self.output_index is not None:  # compact output: ids -> classes; padded classes get no mass
+                targets = self.output_index[...][targets]
+                if logits.shape[-1] > self.num_classes:
+                    logits = jnp.where(jnp.arange(logits.shape[-1]) < self.num_classes, logits, -jnp.inf)
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            tok_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
         return jnp.where(valid, tok_logp, 0.0)
+
+    def _tied_log_probs(self, z: jax.Array, tokens: jax.Array, targets: jax.Array) -> jax.Array:
+        """log p(target) under the tied output: logits ``z . E[c] + b[c]`` over every id (``output_vocab=""``) or
+        over the training ids plus this caption's own ids not among them (``train+query``)."""
+        emb = self.token_embed.word.embedding[...]
+        bias = self.output.bias[...]
+        z = z.astype(jnp.float32)
+        target_logit = jnp.einsum("...td,...td->...t", z, emb[targets].astype(jnp.float32)) + bias[targets]
+        if self.class_ids is None:  # every id
+            log_z = jax.nn.logsumexp(z @ emb.T.astype(jnp.float32) + bias, axis=-1)
+            return target_logit - log_z
+        cls = self.class_ids[...]
+        class_logits = z @ emb[cls].T.astype(jnp.float32) + bias[cls]  # [..., T, C]
+        # the caption's own ids outside the class list, each once: [..., L]
+        own = tokens
+        first = ~jnp.tril(own[..., :, None] == own[..., None, :], k=-1).any(-1)
+        extra = (own != self.pad_id) & ~self.in_classes[...][own] & first
+        own_logits = jnp.einsum("...td,...ld->...tl", z, emb[own].astype(jnp.float32)) + bias[own][..., None, :]
+        own_logits = jnp.where(extra[..., None, :], own_logits, -jnp.inf)
+        log_z = jnp.logaddexp(jax.nn.logsumexp(class_logits, axis=-1), jax.nn.logsumexp(own_logits, axis=-1))
+        return target_logit - log_z
 
     def token_log_probs(self, tokens: jax.Array, cache, *, train: bool = False, rngs: nnx.Rngs | None = None):
         """(fwd, bwd) per-token log-probabilities, each [..., L-1]; cache leaves broadcast against tokens."""

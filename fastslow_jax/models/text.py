@@ -87,6 +87,19 @@ def tower_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[ml_co
     return out, arch["vocab_size"]
 
 
+def pretrained_arch(spec: str, *, what: str, vocab_size: int) -> dict:
+    """The architecture fields of a BERT-family checkpoint (``spec``: a path or a packaged name such as
+    ``minilm``), checked to embed every id of a tokenizer with ``vocab_size`` ids."""
+    from fastslow_jax.models import weights
+
+    path = weights.resolve(spec, what=what)
+    arch = weights.bert_text_config(path)
+    if vocab_size > arch["vocab_size"]:
+        raise ValueError(f"the tokenizer has {vocab_size} ids but {what} ({path}) embeds only "
+                         f"{arch['vocab_size']}: set data.tokenizer to the checkpoint's vocabulary")
+    return arch
+
+
 def build_text_tower(cfg: ml_collections.ConfigDict, *, vocab_size: int, dtype=None, remat: bool = False,
                      rngs: nnx.Rngs) -> nnx.Module:
     """``model.text.name``: ``bert`` (TextEncoder) or ``clip`` (CLIP's causal text transformer).

@@ -609,3 +609,28 @@ def _clip_head(model, attr: str, key: str, path: str) -> list[str]:
         model.logit_scale.set_value(np.asarray(ckpt["logit_scale"], np.float32).reshape(()))
         out.append("logit_scale <- logit_scale")
     return out
+
+
+_DECODER_PRETRAINED = re.compile(r"token_embed\.|(fwd|bwd)\.layers\.\d+\.(attention|attention_norm|mlp|mlp_norm)\.")
+
+
+def load_slow_decoder(model: nnx.Module, spec: str) -> str:
+    """Initialise a SlowModel's caption decoder from a BERT-family checkpoint (``model.slow.pretrained``): its
+    embeddings -> ``token_embed``; its layer i's self-attention, MLP and norms -> layer i of both directions
+    (layers past the decoder's depth are not used). Cross-attention, gates, the tied output transform and
+    the visual side keep their initial values; every pretrained part must be covered."""
+    path = resolve(spec, what="model.slow.pretrained")
+    entries, unexpected = bert_entries(read_checkpoint(path))
+    depth = len(model.fwd.layers)
+    out = []
+    for e in entries:
+        if e.path.startswith("embeddings."):
+            out.append(Entry(e.key, "token_embed." + e.path[len("embeddings."):], e.value))
+            continue
+        m = re.match(r"layers\.(\d+)\.(.*)", e.path)
+        if m and int(m.group(1)) < depth:
+            out += [Entry(e.key, f"{d}.{e.path}", e.value) for d in ("fwd", "bwd")]
+        elif not m:
+            unexpected.append(e.key)
+    assign(model, out, source=path, unexpected=unexpected, allow_missing=lambda p: not _DECODER_PRETRAINED.match(p))
+    return path

@@ -91,26 +91,46 @@ class FastScorer(_Sharded):
         def text_fn(params, rest, tokens):
             return get(nnx.merge(graphdef, params, rest)).encode_text(tokens)
 
+        def features_fn(params, rest, images):
+            return get(nnx.merge(graphdef, params, rest)).image_features(images)
+
         sh = (*self.params_sh, run.batch_sharding)
         self._image_fn = jax.jit(image_fn, in_shardings=sh, out_shardings=self.repl)
         self._text_fn = jax.jit(text_fn, in_shardings=sh, out_shardings=self.repl)
+        self._features_fn = jax.jit(features_fn, in_shardings=sh, out_shardings=self.repl)
 
-    def embed_images(self, state, split: EvalSplit) -> np.ndarray:
+        def text_features_fn(params, rest, tokens):
+            return get(nnx.merge(graphdef, params, rest)).text_features(tokens)
+
+        self._text_features_fn = jax.jit(text_features_fn, in_shardings=sh, out_shardings=self.repl)
+
+    def embed_images(self, state, split: EvalSplit, *, features: bool = False, progress: bool = False) -> np.ndarray:
+        """f(x) of every image of ``split`` [N, E]; ``features``: the pooled backbone features before the
+        projection instead [N, C] (what a locked image tower's cache holds)."""
+        from tqdm import tqdm
+
+        fn = self._features_fn if features else self._image_fn
         out = []
+        bar = tqdm(total=split.num_images, desc=f"image {'features' if features else 'embeddings'} {split.split}",
+                   unit="img", disable=not progress or jax.process_index() != 0, mininterval=2.0)
         for images, n in split.image_batches(self.batch_size):
-            out.append(np.asarray(self._image_fn(state["params"], state["rest"], self._global(images)))[:n])
+            out.append(np.asarray(fn(state["params"], state["rest"], self._global(images)))[:n])
+            bar.update(n)
+        bar.close()
         return np.concatenate(out)
 
-    def embed_texts(self, state, texts: Sequence[str]) -> np.ndarray:
-        return np.concatenate([np.asarray(e) for e in self._text_batches(state, texts)])
+    def embed_texts(self, state, texts: Sequence[str], *, features: bool = False) -> np.ndarray:
+        """g(y) of ``texts`` [Q, E]; ``features``: the pooled text states before the projection [Q, width]."""
+        return np.concatenate([np.asarray(e) for e in self._text_batches(state, texts, features=features)])
 
-    def _text_batches(self, state, texts: Sequence[str]):
+    def _text_batches(self, state, texts: Sequence[str], *, features: bool = False):
         tok = self.run.tokenizer
+        fn = self._text_features_fn if features else self._text_fn
         for start in range(0, len(texts), self.batch_size):
             chunk = list(texts[start:start + self.batch_size])
             n = len(chunk)
             chunk += [chunk[0]] * (self.batch_size - n)
-            yield self._text_fn(state["params"], state["rest"], self._global(tok(chunk)))[:n]
+            yield fn(state["params"], state["rest"], self._global(tok(chunk)))[:n]
 
     def search(self, state, texts: Sequence[str], gallery: np.ndarray, k: int) -> tuple[np.ndarray, float]:
         """Exact top-k image indices [Q, k] for ``texts``, and the measured ms per query (after warm-up).

@@ -34,7 +34,7 @@ from flax import nnx
 from fastslow_jax import config as config_lib
 from fastslow_jax.models.fast import FastModel
 from fastslow_jax.models.slow import SlowModel
-from fastslow_jax.train.fast import in_batch_accuracy, infonce
+from fastslow_jax.train.fast import batch_positives, frozen_filter, in_batch_accuracy, infonce
 
 log = logging.getLogger(__name__)
 MODES = ("in_batch", "topm")
@@ -72,7 +72,7 @@ class DistillTask:
     name = "distill"
 
     def trainable(self, config: ml_collections.ConfigDict):
-        return nnx.All(nnx.Param, nnx.PathContains("student"))  # the teacher is frozen
+        return frozen_filter(config, prefix="student")  # the teacher is frozen, and so is a locked student tower
 
     def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> DistillModel:
         tcfg = read_run_config(config.distill.teacher_workdir, "distill.teacher_workdir")
@@ -106,7 +106,7 @@ class DistillTask:
                 print(f"[fastslow] distill student {line}")
         return run.with_model(state, model)
 
-    def data_extras(self, run, workdir: str):
+    def data_extras(self, run, workdir: str, state):
         """For ``topm``: the per-example candidates and teacher scores (computed once, then loaded)."""
         dcfg = run.config.distill
         if dcfg.mode not in MODES:
@@ -123,8 +123,9 @@ class DistillTask:
         student, teacher = model.student, model.teacher
         img = student.encode_image(batch["image"], train=True)
         txt = student.encode_text(batch["tokens"], train=True, rngs=nnx.Rngs(dropout=rng))
-        nce, logits = infonce(txt, img, student.scale(), config.loss.direction)
-        metrics = {"nce": nce, "batch_t2i_acc": in_batch_accuracy(logits)}
+        pos = batch_positives(batch, config)
+        nce, logits = infonce(txt, img, student.scale(), config.loss.direction, pos)
+        metrics = {"nce": nce, "batch_t2i_acc": in_batch_accuracy(logits, pos)}
         if dcfg.tau_student > 0:
             s_scale, s_tau = 1.0, float(dcfg.tau_student)
         else:  # the student's learned InfoNCE temperature (held fixed by the KL: only InfoNCE moves it)
@@ -143,7 +144,9 @@ class DistillTask:
             b = batch["tokens"].shape[0]
             bd, m = min(int(dcfg.batch_size), b), min(int(dcfg.in_batch_topm), b)
             sims = txt[:bd] @ img.T  # [B_d, B]
-            others = jnp.where(jnp.arange(b)[None] == jnp.arange(bd)[:, None], -jnp.inf, sims)
+            # positives (the caption's own image, and under loss.multi_positive its duplicates) are never negatives
+            own = jnp.arange(b)[None] == jnp.arange(bd)[:, None]
+            others = jnp.where(own if pos is None else pos[:bd], -jnp.inf, sims)
             _, hard = jax.lax.top_k(jax.lax.stop_gradient(others), m - 1)
             cand = jnp.concatenate([jnp.arange(bd)[:, None], hard], axis=1)  # [B_d, M], the positive first
             cache = jax.tree.map(lambda x: x[cand], teacher.visual_cache(batch["image"]))
@@ -204,8 +207,8 @@ class TopMExtras:
         if len(self.offsets) != len(self.source):
             raise ValueError(f"{path} was computed for {len(self.offsets)} training images, but the split has "
                              f"{len(self.source)}; delete it to recompute")
-        size = config.data.get("image_size", 0) or 0
-        self._decode = lambda image: pipeline._decode_image(image, size)
+        options = pipeline.image_options(config.data)
+        self._decode = lambda image: pipeline._decode_image(image, *options)
 
     def __call__(self, index: int, caption: int) -> dict:
         import numpy as np

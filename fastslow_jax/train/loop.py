@@ -264,14 +264,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                          f"{parallel.batch_divisor(run.mesh, run.rules)} devices the batch is split over")
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tcfg.keep_checkpoints)
     writer = MetricWriter(workdir)
-    extras = run.task.data_extras(run, workdir) if hasattr(run.task, "data_extras") else None
-    it = pipeline.train_iterator(pipeline.train_dataset(config, run.tokenizer, extras=extras))
-    start = 0
+    start, data_state = 0, None
     if ckpt.latest_step() is not None:
         state, data_state = ckpt.restore(run.abstract_state())
         start = int(state["step"])
-        if data_state is not None:
-            it.set_state(data_state)
         log.info("resumed from %s at step %d", ckpt.directory, start)
     else:
         state = run.init_state()
@@ -283,6 +279,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
             load_submodule(model, init_from, what="model.init_from", devices=run.mesh.devices.ravel().tolist())
             state = run.with_model(state, model)
             log.info("model initialised from %s", init_from)
+    # per-example arrays the task adds to the data (e.g. a locked tower's features), from the initial state
+    extras = run.task.data_extras(run, workdir, state) if hasattr(run.task, "data_extras") else None
+    it = pipeline.train_iterator(pipeline.train_dataset(config, run.tokenizer, extras=extras))
+    if data_state is not None:
+        it.set_state(data_state)
     log.info("model %s: %s parameters; mesh %s", config.task, f"{_count_params(state['params']):,}",
              dict(run.mesh.shape))
     if start >= total:

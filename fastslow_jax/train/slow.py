@@ -39,13 +39,14 @@ class SlowTask:
         from fastslow_jax.data import pipeline
 
         scfg = config.model.slow
-        if scfg.get("output_vocab", "") != "train" or scfg.get("output_ids"):
+        if scfg.get("output_vocab", "") not in ("train", "train+query") or scfg.get("output_ids"):
             return
         tokenizer = pipeline.make_tokenizer(config.data)
         ids = pipeline.caption_token_ids(config.data, config.data.train_split, tokenizer)
         scfg.output_ids = ids
+        rest = "+ 1 'other' class" if scfg.output_vocab == "train" else "(+ each query's own ids when scoring)"
         print(f"[fastslow] Slow output vocabulary: the {len(ids)} token ids of the {config.data.train_split} "
-              f"captions + 1 'other' class (the tokenizer has {tokenizer.vocab_size})")
+              f"captions {rest} (the tokenizer has {tokenizer.vocab_size})")
 
     def build_model(self, config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> SlowModel:
         return SlowModel(config.model, vocab_size=vocab_size, rngs=rngs)
@@ -59,13 +60,16 @@ class SlowTask:
 
         init = run.config.model.get("vision_init")
         pretrained = run.config.model.vision.get("pretrained")
-        if not init and not pretrained:
+        decoder = run.config.model.slow.get("pretrained", "")
+        if not init and not pretrained and not decoder:
             return state
         model = run.model(state)
+        if decoder:
+            print(f"[fastslow] caption decoder <- {weights.load_slow_decoder(model, decoder)}")
         if init:
             loop.load_submodule(model.vision, init, "vision", what="model.vision_init",
                                 devices=run.mesh.devices.ravel().tolist())
-        else:  # an ImageNet (or other) checkpoint: model.vision.pretrained
+        elif pretrained:  # an ImageNet (or other) checkpoint: model.vision.pretrained
             path = weights.load_vision(model.vision, run.config.model.vision.name, pretrained)
             print(f"[fastslow] vision <- {path}")
         return run.with_model(state, model)

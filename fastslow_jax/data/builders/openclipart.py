@@ -319,17 +319,19 @@ class Openclipart(ManualBuilder):
                 if in_split == split:
                     yield Problem("image_corrupt", rel, f"not an SVG document: {info.error}"[:200], rel)
                 continue
-            first = seen_drawings.setdefault(info.drawing, rel)  # over both splits: a copy never crosses
-            if in_split != split:
-                continue
-            if first != rel:
-                yield Problem("duplicate_image", rel, f"same drawing as {first}", rel)
-                continue
             collection = titles[" ".join(info.title.split()).lower()] >= COLLECTION_TITLE_FILES
             title, how = clean_title(info.title, file_name=os.path.basename(rel), authors=info.authors,
                                      collection=collection)
             if title is None:
-                yield Problem("no_caption", rel, how, rel)
+                if in_split == split:
+                    yield Problem("no_caption", rel, how, rel)
+                continue
+            # the first captioned file of each drawing, over both splits: a copy is never in the other split
+            first = seen_drawings.setdefault(info.drawing, rel)
+            if in_split != split:
+                continue
+            if first != rel:
+                yield Problem("duplicate_image", rel, f"same drawing as {first}", rel)
                 continue
             notes = []
             if how == "cleaned":

@@ -29,7 +29,10 @@ Split by a fixed rule of the file name (so that the copies of one drawing in sev
 one split): ``validation`` when ``int(sha1(file_name).hexdigest(), 16) % 50 == 0`` (2 %), else ``train``.
 Ids are the paths below ``svg/`` (e.g. ``animals/bat_orlando_karam_.svg``).
 
-Real build (openclipart-svg 1:0.18+dfsg-19, 2 shared cores): see MEASURED below.
+Real build (openclipart-svg 1:0.18+dfsg-19, 2 shared cores, 2 workers, commit 8890838): 10 min 48 s wall,
+8,121 files read, 6,692 train + 134 validation written; skipped: 1,105 duplicate_image (663 symlinks + copies),
+127 image_empty, 22 image_render_error (cairosvg: '100%' sizes, forbidden XML entities, zero sizes),
+41 no_caption; e.g. 'Etiquette Icons' (ant.svg) -> 'ant', 'AZ-lizard' -> 'az lizard', 'Rana02' -> 'rana'.
 """
 from __future__ import annotations
 
@@ -52,7 +55,6 @@ from fastslow_jax.data.builders.base import ManualBuilder, ManualConfig, Problem
 
 log = logging.getLogger(__name__)
 
-MEASURED = "not yet measured"
 COLLECTION_TITLE_FILES = 8  # a title shared by this many different drawings names a collection, not a drawing
 VALIDATION_MODULUS = 50  # 1 in 50 file names (2 %) is in validation
 EMPTY_LEVEL = 8  # a render whose every pixel is within this of white (255) is blank

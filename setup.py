@@ -5,6 +5,8 @@ code needs; the constraints file says what we test with.
 """
 from setuptools import find_packages, setup
 
+OPENCLIPART = ["cairosvg>=2.7"]  # SVG rendering (uses the system cairo library, libcairo2)
+
 setup(
     name="fastslow_jax",
     version="0.1.0",
@@ -31,11 +33,12 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=9", "pytest-timeout>=2.3", "selenium>=4.20", "av>=14"],
+        "test": ["pytest>=9", "pytest-timeout>=2.3", "selenium>=4.20", "av>=14", *OPENCLIPART],
         "bench": ["faiss-cpu>=1.8", "matplotlib>=3.8"],
         "gpu": ["jax[cuda12]"],  # NVIDIA GPUs (launch/slurm.sh, bench/gpu_check.sh)
         "tpu": ["jax[tpu]"],  # Cloud TPU VMs (launch/tpu_pod.sh)
-        "video": ["av>=14"],  # VATEX clips (fastslow data build vatex); pre-extracted frames need nothing
+        "video": ["av>=14"],
+        "openclipart": OPENCLIPART,  # Debian's openclipart-svg (fastslow data build openclipart)  # VATEX clips (fastslow data build vatex); pre-extracted frames need nothing
     },
     entry_points={"console_scripts": ["fastslow=fastslow_jax.cli:main"]},
 )

@@ -35,10 +35,11 @@ def _builder_registry():
     from fastslow_jax.data.builders.emoji import Emoji
     from fastslow_jax.data.builders.jsonl import Jsonl
     from fastslow_jax.data.builders.karpathy import CocoKarpathy, Flickr30k
+    from fastslow_jax.data.builders.openclipart import Openclipart
     from fastslow_jax.data.builders.shapes import Shapes
     from fastslow_jax.data.builders.vatex import Vatex
     return {"shapes": Shapes, "jsonl": Jsonl, "flickr30k": Flickr30k, "coco_karpathy": CocoKarpathy, "cc3m": Cc3m,
-            "vatex": Vatex, "emoji": Emoji}
+            "vatex": Vatex, "emoji": Emoji, "openclipart": Openclipart}
 
 
 def get_builder(data_cfg: ml_collections.ConfigDict, *, prepare: bool = True):

@@ -52,6 +52,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "no_caption": ("skipped", "no usable caption is left"),
     "duplicate_id": ("skipped", "an earlier row of the split has the same id"),
     "row_error": ("skipped", "an unexpected error while preparing the row"),
+    "image_render_error": ("skipped", "the vector image (SVG) cannot be rendered"),
+    "image_empty": ("skipped", "the image renders blank (nothing but white or transparency)"),
+    "duplicate_image": ("skipped", "the same drawing was already read under another path (a copy or symlink)"),
     "image_grayscale": ("repaired", "grayscale image converted to RGB"),
     "image_cmyk": ("repaired", "CMYK image converted to RGB"),
     "image_palette": ("repaired", "palette image converted to RGB"),
@@ -67,6 +70,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "caption_not_utf8": ("repaired", "caption bytes were not UTF-8; re-decoded as cp1252/latin-1"),
     "caption_too_long": ("repaired", "caption longer than max_caption_chars cut at a word boundary"),
     "caption_duplicate": ("repaired", "repeated caption of the same image dropped"),
+    "caption_title_cleaned": ("repaired", "noisy title cleaned (file-name-like, camelCase, ids, 'by author', case)"),
+    "caption_from_filename": ("repaired", "collection or junk title replaced by the words of the file name"),
+    "caption_keyword_dropped": ("repaired", "generic or junk keyword dropped (e.g. 'hash', 'icons', an id)"),
 }
 SKIP_KINDS = frozenset(k for k, (a, _) in KINDS.items() if a == "skipped")
 

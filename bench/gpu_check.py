@@ -85,9 +85,7 @@ def step_flops(compiled) -> float:
 
 def bench_task(cfg, workdir: str, steps: int, max_seconds: float, peak: float | None, image_size: int) -> dict:
     run = loop.setup(cfg)
-    state = run.init_state()
-    if hasattr(run.task, "initialize"):
-        state = run.task.initialize(run, state)
+    state = run.warm_start(run.init_state())
     batch = parallel.host_to_global(synthetic_batch(cfg, run.tokenizer.vocab_size, image_size,
                                                     np.random.default_rng(0)), run.batch_sharding)
     rng = jax.random.key(0)

@@ -41,7 +41,7 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.model.vision.stage_sizes = (3, 4, 6, 3)  # resnet50: blocks per stage (smaller variants for tests)
     c.model.vision.base_width = 64  # resnet50: stem width; stage i outputs base_width * 2**i * 4 channels
     # input normalisation of towers trained from scratch; with `pretrained` set, the checkpoint's own
-    # convention (models/vision.py PREPROCESSING) is used instead
+    # convention (fastslow_jax/preprocess.py PREPROCESSING) is used instead
     c.model.vision.mean = (0.5, 0.5, 0.5)
     c.model.vision.std = (0.25, 0.25, 0.25)
     # initial weights: "" = random; a checkpoint (HF safetensors file or dir, torchvision/torch .pth) or a
@@ -104,7 +104,7 @@ def fast_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.model.embed_dim = 32 if tiny else 128
     c.model.temperature = 0.07  # initial value of the learnable temperature
     c.model.text = ml_collections.ConfigDict()
-    c.model.text.name = "bert"  # bert (BERT-family encoder, mean pooled) | clip (CLIP text tower, EOS token)
+    c.model.text.name = "bert"  # bert (BERT-family encoder, mean pooled); clip is refused (WordPiece tokenizer only)
     # initial weights: "" = random; a Hugging Face checkpoint dir (config.json + model.safetensors; a
     # CLIPModel dir for clip) or "minilm" (all-MiniLM-L6-v2 from its pip package). When set, the
     # architecture fields below come from the checkpoint's config.json, and data.tokenizer should name

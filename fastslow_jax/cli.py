@@ -201,16 +201,16 @@ def _train(args, overrides) -> int:
 
 def _eval(args, overrides) -> int:
     from fastslow_jax import config as config_lib
+    from fastslow_jax import workdir as workdir_lib
     from fastslow_jax.retrieval import evaluate
-    from fastslow_jax.train import loop
 
     if args.config:
         overrides = [*_config_as_overrides(config_lib.load_config(args.config)), *overrides]
-    if evaluate.is_pipeline_workdir(args.workdir):
-        rows = evaluate.evaluate_pipeline(args.workdir, args.split, overrides,
-                                          progress=lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True))
+    if workdir_lib.is_pipeline(args.workdir):
+        rows = workdir_lib.evaluate_pipeline(args.workdir, args.split, overrides,
+                                             progress=lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True))
     else:
-        run, state = loop.load_trained(args.workdir, overrides)
+        run, state = workdir_lib.load_run(args.workdir, overrides)
         rows = [evaluate.Evaluator(run).evaluate(state, args.split or run.config.data.test_split, timing=True)]
     print(evaluate.format_table(rows))
     if args.output:

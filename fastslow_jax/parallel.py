@@ -139,6 +139,21 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 # Sharded exact top-k
 # ------------------------------------------------------------------------------------------------
 
+def pad_rows(x, size: int):
+    """``x`` (a numpy or jax array, or a list) with its first row repeated until it has ``size`` rows:
+    the one way a short last batch is padded to its compiled shape (callers keep the real count and
+    drop the padded rows' outputs). ``x`` itself when it has ``size`` rows or more."""
+    n = len(x)
+    if n >= size:
+        return x
+    if isinstance(x, list):
+        return x + [x[0]] * (size - n)
+    if isinstance(x, jax.Array):
+        return jnp.concatenate([x, jnp.repeat(x[:1], size - n, axis=0)])
+    x = np.asarray(x)
+    return np.concatenate([x, np.repeat(x[:1], size - n, axis=0)])
+
+
 def shard_rows(host: np.ndarray, mesh: Mesh) -> jax.Array:
     """A host array present on every process -> a global array with its rows split over every device
     of ``mesh`` (all axes, all hosts), zero-padded to a multiple of the device count."""

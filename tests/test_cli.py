@@ -52,6 +52,20 @@ def test_bad_value_is_one_clear_error(capsys):
     assert "config key 'train.steps' expects int" in capsys.readouterr().err
 
 
+def test_a_clip_text_tower_is_refused_with_one_clear_error(tmp_path, capsys):
+    """data.tokenizer is WordPiece only: a CLIP text tower would get BERT ids and pool at the wrong token."""
+    wd = tmp_path / "clip_text"
+    rc = cli.main(["train", "--config", os.path.join(CONFIGS, "shapes_fast.py:tiny"), "--workdir", str(wd),
+                   "--config.model.text.name=clip"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "model.text.name='clip' cannot run end to end: data.tokenizer is a WordPiece tokenizer" in err
+    assert not wd.exists()  # refused before any work
+    cfg = config_lib.load_config(os.path.join(CONFIGS, "shapes_fast.py:tiny"), ["model.text.name=clip"])
+    with pytest.raises(ValueError, match="CLIP checkpoint's own BPE tokenizer"):
+        loop.setup(cfg)  # the same refusal for eval, index and serve, which all build their run here
+
+
 def test_eval_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
     rc = cli.main(["eval", "--workdir", str(tmp_path)])
     assert rc == 1

@@ -42,10 +42,7 @@ def _first_batch(cfg):
 def _initial_state(cfg):
     """The task's freshly initialised state on one device (with the teacher loaded, for distill)."""
     run = loop.setup(cfg, jax.devices()[:1])
-    state = run.init_state()
-    if hasattr(run.task, "initialize"):
-        state = run.task.initialize(run, state)
-    return state
+    return run.warm_start(run.init_state())
 
 
 def _train_steps(cfg, state, batch, steps=2, devices=None):

@@ -23,6 +23,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from fastslow_jax import preprocess
+from fastslow_jax.data.gallery import Gallery
 from fastslow_jax.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def image_options(data_cfg: ml_collections.ConfigDict) -> tuple[int, float, str]
 def _decode_image(image: Any, size: int = 0, crop: float = 0.875, resample: str = "bilinear") -> np.ndarray:
     """Stored image (or clip) -> uint8 [H, W, 3] (or [T, H, W, 3]); with ``size`` > 0 (``data.image_size``)
     each image / frame is resized (shorter side to round(size / crop)) with the PIL filter ``resample`` and
-    centre-cropped to size x size (``crop`` = 7/8 is `models.vision.preprocess_image`'s convention; 1 keeps
+    centre-cropped to size x size (``crop`` = 7/8 is `preprocess.preprocess_image`'s convention; 1 keeps
     the whole image, e.g. small icons upsampled to a backbone's pretrained resolution), so that datasets of
     mixed image sizes batch."""
     if isinstance(image, (bytes, bytearray)):
@@ -88,10 +90,9 @@ def _decode_image(image: Any, size: int = 0, crop: float = 0.875, resample: str 
             image = np.asarray(im.convert("RGB"))
     image = np.asarray(image, dtype=np.uint8)
     if size and image.shape[-3:-1] != (size, size):
-        from fastslow_jax.models import vision
-        spec = vision.Preprocessing(round(size / crop), size, (0.0,) * 3, (1.0,) * 3, resample)
+        spec = preprocess.Preprocessing(round(size / crop), size, (0.0,) * 3, (1.0,) * 3, resample)
         frames = image.reshape((-1,) + image.shape[-3:])
-        image = np.stack([vision.preprocess_image(f, spec) for f in frames]).reshape(
+        image = np.stack([preprocess.preprocess_image(f, spec) for f in frames]).reshape(
             image.shape[:-3] + (size, size, 3))
     return image
 
@@ -189,8 +190,9 @@ def train_iterator(ds: grain.MapDataset, num_threads: int = 4) -> Iterator[dict[
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)))
 
 
-class EvalSplit:
-    """A split for evaluation: ordered images (read lazily, in batches) and their captions (the queries).
+class EvalSplit(Gallery):
+    """A split for evaluation: a ``Gallery`` of its ordered images (read lazily, in batches) and their
+    captions (the queries).
 
     ``limit`` keeps the first N images (0/None = all); ``queries_per_image`` keeps the first N
     captions of each image as queries (0/None = all).
@@ -201,7 +203,8 @@ class EvalSplit:
         self.name, self.split = data_cfg.name, split
         self.image_options = image_options(data_cfg)  # see _decode_image
         self.source = split_source(data_cfg, split)
-        self.num_images = len(self.source) if not limit else min(limit, len(self.source))
+        super().__init__(lambda i: _decode_image(self.source[i]["image"], *self.image_options),
+                         len(self.source) if not limit else min(limit, len(self.source)))
         self.captions: list[str] = []
         cap2img: list[int] = []
         self.image_ids: list[str] = []
@@ -213,17 +216,3 @@ class EvalSplit:
             iid = ex.get("image_id", i)
             self.image_ids.append(iid.decode() if isinstance(iid, bytes) else str(iid))
         self.caption_to_image = np.asarray(cap2img, dtype=np.int64)
-
-    def images(self, indices) -> np.ndarray:
-        """The decoded images at ``indices`` (for recomputing visual features), stacked."""
-        return np.stack([_decode_image(self.source[int(i)]["image"], *self.image_options) for i in indices])
-
-    def image_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-        """Yield (images [batch_size, ...], num_valid); the last batch is padded by repeating image 0."""
-        ds = grain.MapDataset.source(self.source)[: self.num_images]
-        ds = ds.map(lambda ex: _decode_image(ex["image"], *self.image_options)).batch(batch_size)
-        for batch in ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)):
-            n = len(batch)
-            if n < batch_size:
-                batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, axis=0)])
-            yield batch, n

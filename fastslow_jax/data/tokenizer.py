@@ -13,13 +13,14 @@ from typing import Sequence
 import numpy as np
 from tokenizers import BertWordPieceTokenizer
 
+from fastslow_jax import assets
+
 BUILTIN_VOCABS = {"shapes": os.path.join(os.path.dirname(__file__), "vocab", "shapes.txt")}
 
 
 def resolve_vocab(spec: str) -> str:
     if spec == "minilm":  # the vocab of the packaged all-MiniLM-L6-v2 (model.text.pretrained=minilm)
-        from fastslow_jax.models import weights
-        spec = weights.resolve(spec, what="data.tokenizer")
+        spec = assets.resolve(spec, what="data.tokenizer")
     path = BUILTIN_VOCABS.get(spec, os.path.expanduser(spec))
     if os.path.isdir(path):
         path = os.path.join(path, "vocab.txt")

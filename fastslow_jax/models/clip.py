@@ -16,7 +16,8 @@ import ml_collections
 from flax import nnx
 
 from fastslow_jax.models import layers
-from fastslow_jax.models.vision import normalize_images, preprocessing
+from fastslow_jax.models.vision import normalize_images
+from fastslow_jax.preprocess import preprocessing
 
 
 class PreLNLayer(nnx.Module):

@@ -17,7 +17,8 @@ import ml_collections
 from flax import nnx
 
 from fastslow_jax.models import layers
-from fastslow_jax.models.vision import DepthwiseConv, batch_norm, conv, normalize_images, preprocessing
+from fastslow_jax.models.vision import DepthwiseConv, batch_norm, conv, normalize_images
+from fastslow_jax.preprocess import preprocessing
 
 # (repeats, kernel, stride, expand ratio, in, out) of EfficientNet-B0's seven stages
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),

@@ -19,7 +19,7 @@ from flax import nnx
 
 from fastslow_jax.models import layers
 from fastslow_jax.models.text import build_text_tower
-from fastslow_jax.models.vision import build_backbone
+from fastslow_jax.models.backbones import build_backbone
 
 
 def compute_dtype(cfg: ml_collections.ConfigDict):

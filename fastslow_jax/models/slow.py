@@ -45,8 +45,9 @@ from flax import nnx
 
 from fastslow_jax.models import layers
 from fastslow_jax.models.fast import compute_dtype
+from fastslow_jax.models.backbones import build_backbone
 from fastslow_jax.models.text import Embeddings, pretrained_arch
-from fastslow_jax.models.vision import build_backbone, conv
+from fastslow_jax.models.vision import conv
 
 LEVELS = ("P3", "P4", "P5")
 # model.slow.output_vocab: every tokenizer id | the training captions' ids + 'other' | the training ids + the query's

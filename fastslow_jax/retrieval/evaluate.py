@@ -129,7 +129,7 @@ class FastScorer(_Sharded):
         for start in range(0, len(texts), self.batch_size):
             chunk = list(texts[start:start + self.batch_size])
             n = len(chunk)
-            chunk += [chunk[0]] * (self.batch_size - n)
+            chunk = parallel.pad_rows(chunk, self.batch_size)
             yield fn(state["params"], state["rest"], self._global(tok(chunk)))[:n]
 
     def search(self, state, texts: Sequence[str], gallery: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -208,8 +208,7 @@ class SlowScorer(_Sharded):
         def batches():
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start:start + self.batch_size]
-                n = len(chunk)
-                yield np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - n, axis=0)]), n
+                yield parallel.pad_rows(chunk, self.batch_size), len(chunk)
         return self._concat_caches(state, batches())
 
     def _concat_caches(self, state, batches):
@@ -231,9 +230,7 @@ class SlowScorer(_Sharded):
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
             tok = tokens[idx, :self._bucket(lengths[idx].max(), tokens.shape[1])]
-            if len(idx) < batch:
-                tok = np.concatenate([tok, np.repeat(tok[:1], batch - len(idx), axis=0)])
-            yield idx, tok
+            yield idx, parallel.pad_rows(tok, batch)
 
     def exhaustive(self, state, split: EvalSplit, cache=None) -> tuple[np.ndarray, float]:
         """Slow scores of every caption against every image [Q, N], and ms per query (cache excluded)."""
@@ -241,7 +238,7 @@ class SlowScorer(_Sharded):
         n = split.num_images
         nt = min(self.image_tile, n)
         pad = (-n) % nt
-        padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x, cache)
+        padded = jax.tree.map(lambda x: parallel.pad_rows(x, n + pad), cache)
         tiles = [jax.tree.map(lambda x: x[s:s + nt], padded) for s in range(0, n + pad, nt)]
         scores = np.zeros((len(split.captions), n), np.float32)
         p, r = state["params"], state["rest"]
@@ -271,9 +268,7 @@ class SlowScorer(_Sharded):
         p, r = state["params"], state["rest"]
 
         def run(idx, tok):
-            cand = candidates[idx]
-            if len(idx) < qb:
-                cand = np.concatenate([cand, np.repeat(cand[:1], qb - len(idx), axis=0)])
+            cand = parallel.pad_rows(candidates[idx], qb)
             tok = jnp.asarray(tok)[:, None]
             if cache is not None:
                 return self._candidates_fn(p, r, tok, cache, jnp.asarray(cand))
@@ -379,35 +374,18 @@ class Evaluator:
         return self.scorer.evaluate(state, split, timing=timing)[0]
 
 
-PIPELINE_RUNS = ("fast", "slow", "slow_lastmap", "distill")
-
-
-def is_pipeline_workdir(workdir: str) -> bool:
-    """A pipeline workdir (as written by launch/demo.sh) holds runs in fast/, slow/, distill/, ..."""
-    return (not os.path.exists(os.path.join(workdir, "config.json"))
-            and any(os.path.exists(os.path.join(workdir, r, "config.json")) for r in PIPELINE_RUNS))
-
-
-def evaluate_pipeline(workdir: str, split_name: str | None = None, overrides: Sequence[str] = (),
-                      progress=print) -> list[dict]:
-    """The full table for a pipeline workdir: fast, fast_distilled, slow, slow_lastmap, and
-    fast(+distilled)+slow re-ranking for every K in the Slow run's ``rerank.ks``.
+def evaluate_pipeline(runs: dict, split_name: str | None = None, progress=print) -> list[dict]:
+    """The full table for the runs of a pipeline workdir (``{"fast"|"slow"|"slow_lastmap"|"distill":
+    (Run, state)}``, as ``workdir.load_pipeline`` reads them): fast, fast_distilled, slow, slow_lastmap,
+    and fast(+distilled)+slow re-ranking for every K in the Slow run's ``rerank.ks``.
 
     All rows use the same gallery and queries (the ``eval.limit`` / ``eval.queries_per_image`` of the
-    runs' configs, after ``overrides``), except that with ``eval.fast_full_split`` the Fast rows are
+    runs' configs), except that with ``eval.fast_full_split`` the Fast rows are
     repeated on the whole split (their ``gallery`` and ``queries`` columns say so): Slow exhaustive
     costs Q x N decoder passes, Fast a matrix product, so the Fast comparison can afford 10x the
     queries. Re-ranking's alpha is chosen per K on the validation split unless ``rerank.alpha`` >= 0
     fixes it.
     """
-    from fastslow_jax.train import loop
-
-    runs = {}
-    for name in PIPELINE_RUNS:
-        if os.path.exists(os.path.join(workdir, name, "config.json")):
-            runs[name] = loop.load_trained(os.path.join(workdir, name), overrides)
-    if "fast" not in runs and "distill" not in runs and "slow" not in runs:
-        raise FileNotFoundError(f"{workdir} holds none of the runs {PIPELINE_RUNS}")
     any_run = next(iter(runs.values()))[0]
     split_name = split_name or any_run.config.data.test_split
     rows: list[dict] = []

@@ -8,8 +8,8 @@
   the main segment (or on ``compact()``), the ScaNN searcher is rebuilt from the stored embeddings
   (no image is embedded again). ScaNN 1.4.2 has ``upsert`` only for searchers built with Python
   docids, which it serializes with pickle; we never write or load that pickle.
-* ``exact_topk`` is the exact reference (blocked jnp matmul + top-k) used by the delta segment, the
-  tests and the benchmark.
+* ``exact_topk`` is the exact reference (``parallel.sharded_top_k`` over blocks of rows) used by the
+  delta segment, the tests and the benchmark.
 """
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ import json
 import math
 import os
 import shutil
-from functools import partial
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fastslow_jax import parallel
 
 BRUTE_FORCE_BELOW = 20_000
 COMPACT_FRACTION = 0.1
@@ -57,34 +59,30 @@ def build_searcher(db: np.ndarray, params: dict[str, Any], k: int = 10):
 def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by dot product: (indices [Q, k], scores [Q, k]), best first.
 
-    The gallery is scanned in blocks of ``block`` rows (jnp matmul + ``lax.top_k`` per block, then a
-    merge with the running winners), so memory stays O(Q * block) for any gallery size and one
-    compiled shape serves every block (the last one is padded; padded rows never win)."""
-    q = jnp.asarray(queries, jnp.float32)
+    The gallery is scanned in blocks of ``block`` rows, each block's top-k taken by the one exact
+    top-k (``parallel.sharded_top_k``, here on one device) and merged with the running winners, so
+    memory stays O(Q * block) for any gallery size. Ties go to the lower index."""
+    mesh = _one_device_mesh()
+    q = jax.device_put(np.asarray(queries, np.float32), parallel.replicated(mesh))
     n = len(gallery)
     k = min(int(k), n)
-    block = min(block, n)
     best = None
     for start in range(0, n, block):
         g = np.asarray(gallery[start:start + block], np.float32)
-        if len(g) < block:
-            g = np.concatenate([g, np.zeros((block - len(g), g.shape[1]), np.float32)])
-        s, i = _topk_block(q, jnp.asarray(g), k, start, n)
-        best = (s, i) if best is None else _merge(*best, s, i)
+        s, i = parallel.sharded_top_k(q, g, min(k, len(g)), mesh)
+        best = (s, i + start) if best is None else _merge(*best, s, i + start, min(k, best[0].shape[1] + s.shape[1]))
     return np.asarray(best[1]), np.asarray(best[0])
 
 
-@partial(jax.jit, static_argnums=(2,))
-def _topk_block(q, g, k, start, n):
-    s = q @ g.T
-    valid = (start + jnp.arange(g.shape[0])) < n
-    top, idx = jax.lax.top_k(jnp.where(valid[None], s, -jnp.inf), k)
-    return top, idx + start
+@functools.lru_cache(maxsize=None)
+def _one_device_mesh():
+    return parallel.make_mesh({}, jax.devices()[:1])
 
 
-@jax.jit
-def _merge(s1, i1, s2, i2):
-    top, pos = jax.lax.top_k(jnp.concatenate([s1, s2], 1), s1.shape[1])
+@functools.partial(jax.jit, static_argnums=(4,))
+def _merge(s1, i1, s2, i2, k):
+    """The best ``k`` of two candidate lists (stable: the first list wins ties)."""
+    top, pos = jax.lax.top_k(jnp.concatenate([s1, s2], 1), k)
     return top, jnp.take_along_axis(jnp.concatenate([i1, i2], 1), pos, 1)
 
 

@@ -5,7 +5,7 @@ Rows per N (ms per query; batched = ``--queries`` queries at once, single = one 
 * ``slow_exhaustive``: Slow scores the query against every image (visual keys/values cached), with
   the real Slow model. Measured up to ``--slow-max`` images (the 1,000 real test images' caches are
   cycled to make N pairs); beyond, the measured per-pair cost times N, labelled ``extrapolated``.
-* ``exact_jnp``: blocked jnp matmul + top-k (``ann.exact_topk``), batched; ``faiss_flat``: faiss
+* ``exact_jnp``: exact top-k over blocks of rows (``ann.exact_topk``: ``parallel.sharded_top_k`` per block), batched; ``faiss_flat``: faiss
   ``IndexFlatIP``, batched (the reference an exact search has to match).
 * ``scann``: the index ``fastslow index`` would build for N (``ann.scann_params``), batched and
   single-query; ``recall@10`` against the exact top 10.
@@ -143,7 +143,7 @@ def retrieval(workdir: str, sizes, *, queries: int = 1000, slow_max: int = 10000
         db = data[:n]
         row = {"N": n, "dim": dim, "queries": queries, "threads": threads, "text_ms": text_ms,
                "slow_exhaustive_ms": slow_rows[n][0], "slow_exhaustive": slow_rows[n][1]}
-        # exact: blocked jnp matmul + top-k, and faiss IndexFlatIP
+        # exact: ann.exact_topk (parallel.sharded_top_k over blocks), and faiss IndexFlatIP
         truth = None
 
         def run_exact():

@@ -21,8 +21,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +31,16 @@ import numpy as np
 from flax import nnx
 
 from fastslow_jax import config as config_lib
+from fastslow_jax import parallel
+from fastslow_jax import workdir as workdir_lib
+from fastslow_jax.data.gallery import IMAGE_EXTENSIONS, ImageFiles, load_image
+from fastslow_jax.data.pipeline import EvalSplit, get_builder
+from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer
 from fastslow_jax.serving.ann import AnnIndex
 
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 RERANK_BUCKETS = (10, 20, 50, 100)  # K is padded up to one of these: few compiled shapes
 MAX_RERANK = RERANK_BUCKETS[-1]
 MAX_K = 100
@@ -65,44 +70,25 @@ class Models:
 def load_models(workdir: str, devices=None) -> Models:
     """A Fast or distillation run (no re-ranker), or a pipeline workdir: the distilled Fast tower (or
     the plain Fast run when there is no distill/) embeds, and slow/ re-ranks."""
-    from fastslow_jax.retrieval import evaluate
-    from fastslow_jax.train import loop
-
     devices = devices or jax.devices()[:1]
     workdir = os.path.abspath(workdir)
-    if evaluate.is_pipeline_workdir(workdir):
-        fast_dir = next((n for n in ("distill", "fast") if os.path.exists(os.path.join(workdir, n, "config.json"))),
-                        None)
+    if workdir_lib.is_pipeline(workdir):
+        fast_dir = workdir_lib.embedding_run(workdir)
         if fast_dir is None:
             raise FileNotFoundError(f"pipeline workdir {workdir} holds neither distill/ nor fast/ to embed with")
-        run, state = loop.load_trained(os.path.join(workdir, fast_dir), _relocated(workdir, fast_dir), devices)
+        run, state = workdir_lib.load_run(os.path.join(workdir, fast_dir), devices=devices)
         tower = "student" if run.config.task == "distill" else None
         models = Models(workdir, run, state, tower, f"{fast_dir}" + (" (student)" if tower else ""))
-        if os.path.exists(os.path.join(workdir, "slow", "config.json")):
-            models.slow_run, models.slow_state = loop.load_trained(os.path.join(workdir, "slow"), devices=devices)
+        if workdir_lib.is_run(os.path.join(workdir, "slow")):
+            models.slow_run, models.slow_state = workdir_lib.load_run(os.path.join(workdir, "slow"), devices=devices)
             models.slow_name = "slow"
         return models
-    run, state = loop.load_trained(workdir, _relocated(os.path.dirname(workdir), os.path.basename(workdir)), devices)
+    run, state = workdir_lib.load_run(workdir, devices=devices)
     if run.config.task == "slow":
         raise ValueError(f"{workdir} is a Slow run; index with a Fast or distillation run, or with a pipeline "
                          f"workdir holding fast/ (or distill/) and slow/")
     tower = "student" if run.config.task == "distill" else None
     return Models(workdir, run, state, tower, "." + (" (student)" if tower else ""))
-
-
-def _relocated(pipeline: str, run_dir: str) -> list[str]:
-    """Overrides for a distillation run whose recorded teacher workdir is relative to another working
-    directory (the demo writes ``runs/demo/slow``): the pipeline's own run of that name. The teacher's
-    weights come from the distillation checkpoint; its workdir is read for the architecture only."""
-    path = os.path.join(pipeline, run_dir, "config.json")
-    if not os.path.exists(path):
-        return []
-    cfg = _read_json(path)
-    teacher = (cfg.get("distill") or {}).get("teacher_workdir") or ""
-    if cfg.get("task") != "distill" or not teacher or os.path.exists(os.path.join(teacher, "config.json")):
-        return []
-    local = os.path.join(pipeline, os.path.basename(os.path.normpath(teacher)))
-    return [f"distill.teacher_workdir={local}"] if os.path.exists(os.path.join(local, "config.json")) else []
 
 
 def fingerprint(models: Models) -> str:
@@ -123,58 +109,10 @@ def fingerprint(models: Models) -> str:
 
 def image_shape(run) -> tuple[int, int, int]:
     """The (H, W, 3) image shape the run was trained on (from its dataset's features)."""
-    from fastslow_jax.data.pipeline import get_builder
     return tuple(int(d) for d in get_builder(run.config.data, prepare=False).info.features["image"].shape)
 
 
 # --------------------------------------------------------------------------------------------- galleries
-def load_image(path: str, shape: Sequence[int]) -> np.ndarray:
-    """An image file as uint8 [H, W, 3]: centre-cropped to the aspect ratio of ``shape`` and resized."""
-    from PIL import Image
-    h, w = int(shape[0]), int(shape[1])
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            iw, ih = im.size
-            scale = min(iw / w, ih / h)
-            cw, ch = w * scale, h * scale
-            box = ((iw - cw) / 2, (ih - ch) / 2, (iw + cw) / 2, (ih + ch) / 2)
-            return np.asarray(im.resize((w, h), Image.BICUBIC, box=box), dtype=np.uint8)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
-
-
-class ImageList:
-    """A gallery of image files, read lazily (the ``EvalSplit`` interface the scorers use)."""
-
-    def __init__(self, paths: Sequence[str], shape: Sequence[int]):
-        self.paths = list(paths)
-        self.shape = tuple(shape)
-        self.num_images = len(self.paths)
-
-    @classmethod
-    def from_folder(cls, folder: str, shape: Sequence[int]) -> "ImageList":
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"--images {folder} is not a directory")
-        paths = []
-        for root, dirs, files in os.walk(folder):
-            dirs.sort()
-            paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        return cls([os.path.abspath(p) for p in paths], shape)
-
-    def images(self, indices) -> np.ndarray:
-        return np.stack([load_image(self.paths[int(i)], self.shape) for i in indices])
-
-    def image_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-        for start in range(0, self.num_images, batch_size):
-            idx = list(range(start, min(start + batch_size, self.num_images)))
-            batch = self.images(idx)
-            n = len(batch)
-            if n < batch_size:
-                batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, axis=0)])
-            yield batch, n
-
-
 class _Progress:
     """Wraps a gallery so that its image batches advance a tqdm bar."""
 
@@ -244,9 +182,6 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
 
     Returns the manifest. With ``add``, ``out`` must exist and have been made by the same model; items
     already in it (same id) are skipped, new ones go to the ANN index's delta segment."""
-    from fastslow_jax.data.pipeline import EvalSplit
-    from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer
-
     if (dataset is None) == (images is None):
         raise ValueError("give exactly one of --dataset NAME[:split] and --images DIR")
     exists = os.path.exists(os.path.join(out, "manifest.json"))
@@ -274,9 +209,9 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
         ids = [f"{data_cfg.name}:{split_name}:{i}" for i in gallery.image_ids]
         source = f"dataset {data_cfg.name}:{split_name}"
     else:
-        gallery = ImageList.from_folder(images, shape)
+        gallery = ImageFiles.from_folder(images, shape)
         if limit:
-            gallery = ImageList(gallery.paths[:limit], shape)
+            gallery = ImageFiles(gallery.paths[:limit], shape)
         ids = list(gallery.paths)
         source = f"images {os.path.abspath(images)}"
     keep = [i for i, x in enumerate(ids) if x not in known]
@@ -284,7 +219,7 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
         raise ValueError(f"{source} holds no images that are not in the index already" if ids
                          else f"{source} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     if len(keep) < len(ids):
-        gallery = _Subset(gallery, keep)
+        gallery = gallery.subset(keep)
         ids = [ids[i] for i in keep]
 
     os.makedirs(out, exist_ok=True)
@@ -340,23 +275,6 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
     return manifest
 
 
-class _Subset:
-    def __init__(self, gallery, keep: Sequence[int]):
-        self.gallery, self.keep = gallery, list(keep)
-        self.num_images = len(self.keep)
-
-    def images(self, indices):
-        return self.gallery.images([self.keep[int(i)] for i in indices])
-
-    def image_batches(self, batch_size: int):
-        for start in range(0, self.num_images, batch_size):
-            batch = self.images(range(start, min(start + batch_size, self.num_images)))
-            n = len(batch)
-            if n < batch_size:
-                batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, axis=0)])
-            yield batch, n
-
-
 # --------------------------------------------------------------------------------------------- search
 class QueryError(ValueError):
     """A bad query (empty, over-long, out-of-range parameters): the server answers 400 with the message."""
@@ -384,9 +302,6 @@ class SearchEngine:
 
     def __init__(self, index_dir: str, workdir: str | None = None, *, alpha: float | None = None, devices=None,
                  models: Models | None = None):
-        import threading
-        from fastslow_jax.retrieval.evaluate import SlowScorer
-
         self.index_dir = os.path.abspath(index_dir)
         self.manifest = read_manifest(index_dir)
         workdir = workdir or self.manifest["model"]["workdir"]
@@ -488,7 +403,7 @@ class SearchEngine:
         up to a bucket of RERANK_BUCKETS, tokens up to a length bucket)."""
         n = len(cand)
         kb = next(b for b in RERANK_BUCKETS if b >= n)
-        padded = np.concatenate([cand, np.repeat(cand[:1], kb - n)])[None]
+        padded = parallel.pad_rows(cand, kb)[None]
         tokens = self.models.slow_run.tokenizer([query])
         length = self.slow._bucket((tokens != 0).sum(), tokens.shape[1])
         tokens = tokens[:, :length]

@@ -29,11 +29,16 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from fastslow_jax import config as config_lib
+from fastslow_jax.data import pipeline
+from fastslow_jax.data.pipeline import EvalSplit
+from fastslow_jax.models import weights
 from fastslow_jax.models.fast import FastModel
 from fastslow_jax.models.slow import SlowModel
+from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer
 from fastslow_jax.train.fast import batch_positives, frozen_filter, in_batch_accuracy, infonce
 
 log = logging.getLogger(__name__)
@@ -88,20 +93,15 @@ class DistillTask:
 
     def initialize(self, run, state):
         """Load the teacher's (and optionally the student's) trained weights into a fresh state."""
-        from fastslow_jax.train import loop
-
         dcfg = run.config.distill
-        devices = run.mesh.devices.ravel().tolist()
         model = run.model(state)
-        loop.load_submodule(model.teacher, dcfg.teacher_workdir, what="distill.teacher_workdir", devices=devices)
+        run.load_submodule(model.teacher, dcfg.teacher_workdir, what="distill.teacher_workdir")
         if dcfg.student_init:
             scfg = read_run_config(dcfg.student_init, "distill.student_init")
             if scfg.task != "fast":
                 raise ValueError(f"distill.student_init {dcfg.student_init!r} holds a {scfg.task!r} run, not 'fast'")
-            loop.load_submodule(model.student, dcfg.student_init, what="distill.student_init", devices=devices)
+            run.load_submodule(model.student, dcfg.student_init, what="distill.student_init")
         else:  # a fresh student: its towers may start from pretrained weights
-            from fastslow_jax.models import weights
-
             for line in weights.load_pretrained(model.student, run.config.model):
                 print(f"[fastslow] distill student {line}")
         return run.with_model(state, model)
@@ -115,7 +115,7 @@ class DistillTask:
             return None
         path = os.path.join(workdir, f"topm_{int(dcfg.topm)}.npz")
         if not os.path.exists(path):
-            precompute_topm(run.config, path)
+            precompute_topm(run.config, path, run.load_trained)
         return TopMExtras(run.config, path)
 
     def loss_fn(self, model: DistillModel, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict):
@@ -163,20 +163,15 @@ class DistillTask:
         return loss, {"loss": loss, "kl": kl, **metrics}
 
 
-def precompute_topm(config: ml_collections.ConfigDict, path: str) -> None:
-    """Top-M Fast candidates of every training caption and their teacher scores, saved to ``path``."""
-    import numpy as np
-
-    from fastslow_jax.data.pipeline import EvalSplit
-    from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer
-    from fastslow_jax.train import loop
-
+def precompute_topm(config: ml_collections.ConfigDict, path: str, load_trained) -> None:
+    """Top-M Fast candidates of every training caption and their teacher scores, saved to ``path``.
+    ``load_trained(workdir) -> (run, state)`` reads the trained runs (``Run.load_trained``)."""
     dcfg = config.distill
     if not dcfg.student_init:
         raise ValueError("distill.mode='topm' needs distill.student_init: the Fast run that retrieves the candidates")
     m = int(dcfg.topm)
-    fast_run, fast_state = loop.load_trained(dcfg.student_init)
-    slow_run, slow_state = loop.load_trained(dcfg.teacher_workdir)
+    fast_run, fast_state = load_trained(dcfg.student_init)
+    slow_run, slow_state = load_trained(dcfg.teacher_workdir)
     split = EvalSplit(config.data, config.data.train_split)
     log.info("top-M distillation: scoring %d training captions x %d candidates with the teacher",
              len(split.captions), m)
@@ -196,10 +191,6 @@ class TopMExtras:
     """Per-example arrays for top-M distillation: the caption's M candidate images and teacher scores."""
 
     def __init__(self, config: ml_collections.ConfigDict, path: str):
-        import numpy as np
-
-        from fastslow_jax.data import pipeline
-
         with np.load(path) as f:
             self.candidates, self.scores = f["candidates"], f["scores"]
             self.offsets, self.counts = f["offsets"], f["counts"]
@@ -211,8 +202,6 @@ class TopMExtras:
         self._decode = lambda image: pipeline._decode_image(image, *options)
 
     def __call__(self, index: int, caption: int) -> dict:
-        import numpy as np
-
         if caption >= self.counts[index]:
             raise ValueError(f"caption {caption} of training image {index} has no top-M entry")
         row = self.offsets[index] + caption

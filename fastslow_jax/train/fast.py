@@ -121,8 +121,11 @@ class LockedTowerFeatures:
         if config.model.get("freeze_text", False):
             key = _fingerprint(dict(ident, captions=len(split.captions), tokenizer=config.data.tokenizer,
                                     max_len=config.data.max_len, text=config.model.text.to_dict()), fast.text)
-            self.text = self._cached("text", key, len(split.captions),
-                                     lambda: scorer.embed_texts(state, split.captions, features=True))
+            def text_features():  # each distinct caption once (labels and keywords repeat across images)
+                unique, inverse = np.unique(np.asarray(split.captions, dtype=object).astype(str), return_inverse=True)
+                return scorer.embed_texts(state, list(unique), features=True)[inverse]
+
+            self.text = self._cached("text", key, len(split.captions), text_features)
             counts = np.bincount(split.caption_to_image, minlength=split.num_images)
             self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
 

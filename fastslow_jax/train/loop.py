@@ -1,4 +1,5 @@
-"""The one training loop. A task supplies the model and the loss; everything else lives here.
+"""The one training loop. A task supplies the model and the loss; ``train.run`` builds the run
+(mesh, shardings, warm starts); everything else lives here.
 
 * The step is a pure function ``(state, batch, rng) -> (state, metrics)``, jitted once with
   explicit in/out shardings and the state donated.
@@ -11,13 +12,12 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,97 +25,22 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from fastslow_jax import config as config_lib
 from fastslow_jax import parallel
 from fastslow_jax.checkpoint import Checkpointer
 from fastslow_jax.data import pipeline
-from fastslow_jax.data.tokenizer import Tokenizer
-from fastslow_jax.train.optim import make_optimizer
+from fastslow_jax.retrieval.evaluate import Evaluator
+# the run object lives one layer down (below the loop, above the tasks); loop.setup / loop.load_trained stay
+from fastslow_jax.train.run import Run, check_text_tokenizer, get_task, load_trained, setup  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def get_task(name: str):
-    from fastslow_jax.train.fast import FastTask
-    from fastslow_jax.train.distill import DistillTask
-    from fastslow_jax.train.slow import SlowTask
-    tasks = {"fast": FastTask, "slow": SlowTask, "distill": DistillTask}
-    if name not in tasks:
-        raise ValueError(f"unknown config.task {name!r}; choose one of {sorted(tasks)}")
-    return tasks[name]()
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything the loop, the evaluators and the CLI share about one configured model."""
-    config: ml_collections.ConfigDict
-    task: Any
-    tokenizer: Tokenizer
-    mesh: Mesh
-    rules: dict
-    graphdef: Any
-    tx: optax.GradientTransformation
-    schedule: Callable
-    state_sharding: Any
-    batch_sharding: NamedSharding
-    trainable: Any  # nnx filter: the variables the optimizer updates
-
-    def model(self, state) -> nnx.Module:
-        return nnx.merge(self.graphdef, state["params"], state["rest"])
-
-    def split(self, model: nnx.Module):
-        """(graphdef, trainable params, everything else) under the task's ``trainable`` filter."""
-        return nnx.split(model, self.trainable, ...)
-
-    def _init_fn(self):
-        cfg, vocab, task, tx = self.config, self.tokenizer.vocab_size, self.task, self.tx
-
-        def init():
-            model = task.build_model(cfg, vocab, nnx.Rngs(cfg.seed))
-            _, params, rest = nnx.split(model, self.trainable, ...)
-            return {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest, "opt": tx.init(params)}
-
-        return jax.jit(init, out_shardings=self.state_sharding)
-
-    def with_model(self, state, model: nnx.Module):
-        """``state`` with ``model``'s variables (e.g. after loading pretrained weights into it) and a fresh
-        optimizer state, placed on the state shardings."""
-        _, params, rest = self.split(model)
-        return jax.device_put(dict(state, params=params, rest=rest, opt=self.tx.init(params)), self.state_sharding)
-
-    def init_state(self):
-        """A freshly initialised train state, created directly on its shardings."""
-        with jax.set_mesh(self.mesh):
-            return self._init_fn()()
-
-    def abstract_state(self):
-        """ShapeDtypeStructs (with shardings) of the train state: the target for restoring."""
-        with jax.set_mesh(self.mesh):
-            return jax.eval_shape(self._init_fn())
-
-
-def setup(config: ml_collections.ConfigDict, devices=None) -> Run:
-    """Build the task, tokenizer, mesh (over ``devices``, default all) and shardings for ``config``."""
-    task = get_task(config.task)
-    tokenizer = pipeline.make_tokenizer(config.data)
-    mesh = parallel.make_mesh(config.mesh, devices)
-    rules = dict(config.sharding_rules)
-    tx, schedule = make_optimizer(config.optim, config.train.steps)
-    abstract_model = nnx.eval_shape(lambda: task.build_model(config, tokenizer.vocab_size, nnx.Rngs(config.seed)))
-    trainable = task.trainable(config)
-    graphdef, params, rest = nnx.split(abstract_model, trainable, ...)
-    abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "rest": rest,
-                      "opt": jax.eval_shape(tx.init, params)}
-    state_sharding = parallel.state_shardings(abstract_state, rules, mesh)
-    bsh = parallel.batch_sharding(mesh, rules)
-    return Run(config, task, tokenizer, mesh, rules, graphdef, tx, schedule, state_sharding, bsh, trainable)
 
 
 def make_train_step(run: Run):
@@ -246,6 +171,7 @@ def _check_finite(step: int, metrics: dict, ckpt: Checkpointer) -> dict[str, flo
 def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
           devices=None) -> dict[str, Any]:
     """Train (or resume) ``config`` in ``workdir``; returns the final validation metrics, if any."""
+    check_text_tokenizer(config)  # before any work (setup checks again, for every other entry point)
     os.makedirs(workdir, exist_ok=True)
     _absolute_run_paths(config)
     parallel.prepare_once(lambda: pipeline.get_builder(config.data), "dataset")
@@ -270,15 +196,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         start = int(state["step"])
         log.info("resumed from %s at step %d", ckpt.directory, start)
     else:
-        state = run.init_state()
-        if hasattr(run.task, "initialize"):  # e.g. load a teacher or pretrained towers into the fresh state
-            state = run.task.initialize(run, state)
-        init_from = config.model.get("init_from", "")
-        if init_from:  # fine-tuning: the whole model from a finished run of the same architecture (e.g. CC3M)
-            model = run.model(state)
-            load_submodule(model, init_from, what="model.init_from", devices=run.mesh.devices.ravel().tolist())
-            state = run.with_model(state, model)
-            log.info("model initialised from %s", init_from)
+        state = run.warm_start(run.init_state())
     # per-example arrays the task adds to the data (e.g. a locked tower's features), from the initial state
     extras = run.task.data_extras(run, workdir, state) if hasattr(run.task, "data_extras") else None
     it = pipeline.train_iterator(pipeline.train_dataset(config, run.tokenizer, extras=extras))
@@ -322,7 +240,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                 ckpt.save(done, state, it.get_state())
             if config.eval.every and (done % config.eval.every == 0 or done == total):
                 if evaluator is None:
-                    from fastslow_jax.retrieval.evaluate import Evaluator
                     evaluator = Evaluator(run)
                 row = evaluator.evaluate(state, config.data.val_split)
                 val_metrics = row
@@ -335,37 +252,3 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         ckpt.close()
         writer.close()
     return val_metrics
-
-
-def load_submodule(target: nnx.Module, workdir: str, path: str = "", *, what: str, devices=None) -> None:
-    """Overwrite ``target``'s variables with those of submodule ``path`` ("" = the whole model, or e.g.
-    "vision") of the latest checkpoint in a training ``workdir``; shapes must match."""
-    run, state = load_trained(workdir, devices=devices)
-    source = run.model(state)
-    for name in filter(None, path.split(".")):
-        if not hasattr(source, name):
-            raise ValueError(f"{what}: the run in {workdir} ({run.config.task}) has no submodule {path!r}")
-        source = getattr(source, name)
-    want = jax.tree.map(lambda x: x.shape, nnx.state(target))
-    got = jax.tree.map(lambda x: x.shape, nnx.state(source))
-    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
-        raise ValueError(f"{what}: {path or 'the model'} in {workdir} does not match this model's "
-                         f"(different architecture or config)")
-    nnx.update(target, nnx.state(source))
-
-
-def load_trained(workdir: str, overrides=(), devices=None) -> tuple[Run, Any]:
-    """The Run and the latest train state of a finished (or interrupted) run in ``workdir``."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} holds no config.json: is it a training workdir?")
-    with open(path, encoding="utf-8") as f:
-        config = config_lib.config_from_json(f.read())
-    config_lib.apply_overrides(config, overrides)
-    run = setup(config, devices)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-        state, _ = ckpt.restore(run.abstract_state())
-    finally:
-        ckpt.close()
-    return run, state

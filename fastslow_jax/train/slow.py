@@ -54,8 +54,6 @@ class SlowTask:
     def initialize(self, run, state):
         """Start the vision backbone from a trained run's (``model.vision_init``: a workdir), e.g. the
         Fast model's image tower, as the paper starts from an ImageNet backbone."""
-        from fastslow_jax.train import loop
-
         from fastslow_jax.models import weights
 
         init = run.config.model.get("vision_init")
@@ -67,8 +65,7 @@ class SlowTask:
         if decoder:
             print(f"[fastslow] caption decoder <- {weights.load_slow_decoder(model, decoder)}")
         if init:
-            loop.load_submodule(model.vision, init, "vision", what="model.vision_init",
-                                devices=run.mesh.devices.ravel().tolist())
+            run.load_submodule(model.vision, init, "vision", what="model.vision_init")
         elif pretrained:  # an ImageNet (or other) checkpoint: model.vision.pretrained
             path = weights.load_vision(model.vision, run.config.model.vision.name, pretrained)
             print(f"[fastslow] vision <- {path}")

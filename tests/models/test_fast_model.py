@@ -7,7 +7,7 @@ from flax import nnx
 
 from fastslow_jax.models import layers
 from fastslow_jax.models.fast import FastModel
-from fastslow_jax.models.vision import build_backbone
+from fastslow_jax.models.backbones import build_backbone
 from tests.conftest import tiny_config
 
 

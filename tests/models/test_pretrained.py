@@ -11,7 +11,7 @@ import pytest
 import torch
 from flax import nnx
 
-from fastslow_jax.models import vision, weights
+from fastslow_jax.models import backbones, vision, weights
 from fastslow_jax.models.fast import FastModel
 from fastslow_jax.models.text import build_text_tower
 
@@ -129,7 +129,7 @@ def test_resnet50_matches_transformers_resnet_in_hf_and_torchvision_layouts(tmp_
     with torch.no_grad():
         hs = ref(torch.tensor(pixels.transpose(0, 3, 1, 2), dtype=torch.float32),
                  output_hidden_states=True).hidden_states
-    net = vision.build_backbone(ml_collections.ConfigDict(dict(name="resnet50")), rngs=nnx.Rngs(0))
+    net = backbones.build_backbone(ml_collections.ConfigDict(dict(name="resnet50")), rngs=nnx.Rngs(0))
     forward = jax.jit(lambda m, x: m(x))
     for f in ("model.safetensors", "resnet50_tv.pth"):
         weights.load_vision(net, "resnet50", str(tmp_path / f))
@@ -158,7 +158,7 @@ def test_efficientnet_lite0_classifies_coffee_and_chelsea():
     import skimage.data
 
     cfg = ml_collections.ConfigDict(dict(name="efficientnet_lite0"))
-    net = vision.build_backbone(cfg, rngs=nnx.Rngs(0))
+    net = backbones.build_backbone(cfg, rngs=nnx.Rngs(0))
     weights.load_vision(net, "efficientnet_lite0", "efficientnet-lite0")
     spec = vision.preprocessing(cfg)
     assert (spec.resize, spec.crop) == (256, 224)
@@ -179,7 +179,7 @@ def test_efficientnet_lite_variants_fit_their_packaged_weights():
     """Lite1 and Lite2 (deeper and, for Lite2, wider) build exactly the shapes their checkpoints hold."""
     for i in (1, 2):
         cfg = ml_collections.ConfigDict(dict(name=f"efficientnet_lite{i}"))
-        net = nnx.eval_shape(lambda: vision.build_backbone(cfg, rngs=nnx.Rngs(0)))
+        net = nnx.eval_shape(lambda: backbones.build_backbone(cfg, rngs=nnx.Rngs(0)))
         ckpt = weights.read_checkpoint(weights.resolve(f"efficientnet-lite{i}"))
         entries, unexpected = weights.efficientnet_entries(ckpt)
         targets = weights.variables(net)
@@ -249,7 +249,7 @@ def test_clip_towers_match_transformers_clip_and_initialise_fast(small_clip):
 def test_clip_checkpoint_into_the_wrong_tower_fails_clearly(small_clip):
     _, path = small_clip
     cfg = ml_collections.ConfigDict(dict(name="resnet50", base_width=8, stage_sizes=(1, 1, 1, 1)))
-    net = nnx.eval_shape(lambda: vision.build_backbone(cfg, rngs=nnx.Rngs(0)))  # shapes suffice: nothing is written
+    net = nnx.eval_shape(lambda: backbones.build_backbone(cfg, rngs=nnx.Rngs(0)))  # shapes suffice: nothing is written
     with pytest.raises(weights.CheckpointError, match=r"clip does not fit ResNet: 85 missing \[stages.0.0.bn1.bias, .*\]; \d+ "
                                                       r"unexpected \[logit_scale, text_model.*; 0 mis-shaped$"):
         weights.load_vision(net, "resnet50", path)
@@ -282,7 +282,7 @@ def test_config_keys_initialise_the_fast_task(tmp_path):
                                  f"model.vision.pretrained={tmp_path / 'resnet.safetensors'}",
                                  "model.vision.base_width=8", "model.vision.stage_sizes=1,1,1,1"])
     run = loop.setup(cfg, devices=jax.devices()[:1])
-    state = run.task.initialize(run, run.init_state())
+    state = run.warm_start(run.init_state())
     model = run.model(state)
     assert np.array_equal(np.asarray(model.text.embeddings.word.embedding[...]), bert["embeddings.word_embeddings.weight"])
     assert np.array_equal(np.asarray(model.text.layers[1].mlp.output.kernel[...]),

@@ -54,6 +54,36 @@ def test_per_token_log_probs_are_normalised_and_padding_is_masked():
     assert (np.asarray(bwd) < 0).sum() == targets.sum()  # both directions predict the same number of tokens
 
 
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+def test_next_token_probabilities_sum_to_one_over_the_whole_vocabulary(direction):
+    """After a fixed prefix, exp(log p) summed over every id of the 131-id vocabulary is 1 (each image).
+
+    A target equal to ``pad_id`` is masked to 0, so id 0's probability is read in a second pass with
+    ``pad_id`` moved to id 130; the prefix holds neither id, so both passes decode the same inputs."""
+    model = _model()
+    dec = getattr(model, direction)
+    cache = model.visual_cache(IMAGES)[direction]
+    vocab = 131
+    prefix = [2, 40, 41]
+    tokens = jnp.asarray([prefix + [t] for t in range(vocab)])  # [V, 4]: every possible next token
+
+    def last_logp(image):
+        kv = jax.tree.map(lambda x: x[image:image + 1], cache)
+        return np.asarray(model._decode(dec, tokens, kv, deterministic=True, rngs=None))[:, -1]
+
+    for image in range(IMAGES.shape[0]):
+        logp = last_logp(image)  # ids 1..130 (id 0 = padding: masked to 0)
+        model.pad_id = vocab - 1
+        try:
+            logp_pad = last_logp(image)  # id 0 now a real target; id 130 masked
+        finally:
+            model.pad_id = 0
+        np.testing.assert_allclose(logp[1:-1], logp_pad[1:-1], rtol=1e-6, atol=1e-6)  # same inputs either way
+        probs = np.concatenate([np.exp(logp_pad[:1]), np.exp(logp[1:])])
+        assert np.all(probs > 0) and np.all(probs < 1)
+        np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)
+
+
 def test_future_tokens_do_not_change_earlier_predictions():
     model = _model()
     cache = model.visual_cache(IMAGES)

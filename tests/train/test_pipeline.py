@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fastslow_jax import workdir as workdir_lib
 from fastslow_jax.retrieval import evaluate
 from fastslow_jax.train import loop
 from tests.conftest import tiny_config
@@ -68,9 +69,9 @@ def test_slow_output_vocabulary_is_the_training_captions_words(pipeline_dir):
 
 
 def test_pipeline_table_has_every_row(pipeline_dir):
-    assert evaluate.is_pipeline_workdir(pipeline_dir)
-    rows = evaluate.evaluate_pipeline(pipeline_dir, "test", ["eval.limit=32", "eval.queries_per_image=1"],
-                                      progress=lambda m: None)
+    assert workdir_lib.is_pipeline(pipeline_dir)
+    rows = workdir_lib.evaluate_pipeline(pipeline_dir, "test", ["eval.limit=32", "eval.queries_per_image=1"],
+                                         progress=lambda m: None)
     # eval.fast_full_split: the Fast rows again on the whole test split (every image and caption)
     from fastslow_jax.data.pipeline import EvalSplit
     whole = EvalSplit(tiny_config().data, "test")

@@ -159,7 +159,10 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, sp
     if config.train.batch_size % pc:
         raise ValueError(f"train.batch_size {config.train.batch_size} is not divisible by {pc} processes")
     source = split_source(data_cfg, split or data_cfg.train_split)
-    ds = grain.MapDataset.source(source).map_with_index(lambda i, ex: (i, ex))
+    n = len(source)
+    # Grain's per-epoch reshuffle hands the parent epoch * n + k: the record index is that modulo n (without it,
+    # per-record extras such as top-M candidates or cached features were read past the split after epoch 1)
+    ds = grain.MapDataset.source(source).map_with_index(lambda i, ex: (i % n, ex))
     ds = ds.shuffle(seed=config.seed).repeat(None)
     ds = ds.random_map(_TrainTransform(tokenizer, extras, image_options(data_cfg),
                                            data_cfg.get("first_caption_prob", 0.0)), seed=config.seed + 1)

@@ -86,3 +86,26 @@ def test_unknown_dataset_is_a_clear_error():
     cfg = tiny_config(overrides=["data.name=flickr99"])
     with pytest.raises(ValueError, match="unknown dataset 'flickr99'"):
         pipeline.get_builder(cfg.data)
+
+
+def test_record_index_stays_in_the_split_after_the_first_epoch(data_dir):
+    """Grain's per-epoch reshuffle gives epoch * n + k past epoch 1; extras and image_index get k's record."""
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config("shapes_fast.py", overrides=["train.batch_size=16"], data_dir=data_dir)
+    source = pipeline.split_source(cfg.data, cfg.data.train_split)
+    n = len(source)
+    seen = []
+
+    def extras(index, caption):
+        seen.append(index)
+        return {"record_caption": np.asarray(source[index]["captions"][caption])}
+
+    ds = pipeline.train_dataset(cfg, pipeline.make_tokenizer(cfg.data), extras=extras)
+    batches = [ds[b] for b in range(2 * n // 16 + 2)]  # more than two epochs
+    assert max(seen) < n and len(set(seen)) == n
+    for batch in batches:
+        for row in range(16):
+            assert 0 <= batch["image_index"][row] < n
+            caps = [c for c in source[int(batch["image_index"][row])]["captions"]]
+            assert batch["record_caption"][row] in caps

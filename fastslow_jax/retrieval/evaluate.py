@@ -111,7 +111,8 @@ class FastScorer(_Sharded):
 
         fn = self._features_fn if features else self._image_fn
         out = []
-        bar = tqdm(total=split.num_images, desc=f"image {'features' if features else 'embeddings'} {split.split}",
+        bar = tqdm(total=split.num_images,
+                   desc=f"image {'features' if features else 'embeddings'} {getattr(split, 'split', '')}".rstrip(),
                    unit="img", disable=not progress or jax.process_index() != 0, mininterval=2.0)
         for images, n in split.image_batches(self.batch_size):
             out.append(np.asarray(fn(state["params"], state["rest"], self._global(images)))[:n])

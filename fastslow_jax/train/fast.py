@@ -172,11 +172,11 @@ def text_embeddings(model: FastModel, batch: dict, rngs: nnx.Rngs) -> jax.Array:
     return model.encode_text(batch["tokens"], train=True, rngs=rngs)
 
 
-def image_embeddings(model: FastModel, batch: dict, key: str = "image") -> jax.Array:
+def image_embeddings(model: FastModel, batch: dict) -> jax.Array:
     """f(x) of a training batch: from its images, or from a locked tower's cached ``image_features``."""
-    if f"{key}_features" in batch:
-        return model.embed_image_features(batch[f"{key}_features"])
-    return model.encode_image(batch[key], train=True)
+    if "image_features" in batch:
+        return model.embed_image_features(batch["image_features"])
+    return model.encode_image(batch["image"], train=True)
 
 
 class FastTask:

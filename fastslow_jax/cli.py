@@ -92,7 +92,7 @@ def _serving_parsers(sub) -> None:
     s.add_argument("--k", type=int, default=10, help="results to print (default 10)")
     s.add_argument("--rerank", type=int, default=0, help="re-rank the Fast top K with Slow (default 0: Fast only)")
     s.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
-    s.add_argument("--alpha", type=float, default=None, help="order re-ranked results by slow + alpha * fast")
+    s.add_argument("--alpha", type=float, default=None, help="order re-ranked results by z(slow) + alpha * z(fast), z-scored over the K (default: the alpha the index stores for the nearest K, chosen on validation)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     v = sub.add_parser("serve", help="serve a search page and a JSON API for an index",
@@ -101,7 +101,7 @@ def _serving_parsers(sub) -> None:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     v.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
-    v.add_argument("--alpha", type=float, default=None, help="order re-ranked results by slow + alpha * fast")
+    v.add_argument("--alpha", type=float, default=None, help="order re-ranked results by z(slow) + alpha * z(fast), z-scored over the K (default: the alpha the index stores for the nearest K, chosen on validation)")
 
     b = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print figures.")
     bsub = b.add_subparsers(dest="bench", required=True)

@@ -7,8 +7,9 @@
   scoring never recompiles per query. ``visual="recomputed"`` instead recomputes the candidates'
   visual features for every query (no cache memory, more compute).
 * Re-ranking: Fast top-K, then Slow scores the K candidates of a batch of queries in one jitted
-  call; they are ordered by ``h + alpha * s`` (alpha = 0: Slow alone) and everything below K keeps
-  its Fast order.
+  call; they are ordered by ``z(h) + alpha * z(s)`` (``rerank.normalize="zscore"``: each standardised
+  over the query's K candidates; alpha = 0: Slow alone, alpha chosen per K on validation) and everything
+  below K keeps its Fast order.
 * ``ms_per_query`` is measured wall time per text query after compilation: Fast = text tower +
   matmul + top-k against precomputed gallery embeddings; Slow = scoring the query against the
   whole gallery; Fast+Slow = the Fast part plus re-scoring K candidates.
@@ -302,13 +303,37 @@ class SlowScorer(_Sharded):
         return _row(self.run.config, split, method, None, ms=ms, t2i_ranks=ranks, visual="cached"), scores
 
 
+NORMALIZE = ("zscore", "none")
+
+
+def combine_scores(slow_scores, fast_scores, alpha: float, normalize: str = "zscore") -> np.ndarray:
+    """The re-ranking order key of K candidates (last axis): ``slow + alpha * fast``.
+
+    ``normalize="zscore"`` first puts both on one scale per query: each is standardised over the query's K
+    candidates (minus its mean, over its standard deviation; a constant row becomes 0), so alpha weighs
+    Fast against Slow the same way whatever the caption's length (Slow is a sum of token log-probabilities,
+    tens of nats) or the tower's temperature. ``"none"``: the raw sum. alpha = 0 is Slow alone; a large
+    alpha keeps Fast's order."""
+    slow = np.asarray(slow_scores, np.float64)
+    fast = np.asarray(fast_scores, np.float64)
+    if normalize == "zscore":
+        def z(x):
+            sd = x.std(axis=-1, keepdims=True)
+            return (x - x.mean(axis=-1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+        slow, fast = z(slow), z(fast)
+    elif normalize != "none":
+        raise ValueError(f"rerank.normalize must be one of {NORMALIZE}, got {normalize!r}")
+    return slow + alpha * fast
+
+
 def rerank_ranks(fast_scores: np.ndarray, candidates: np.ndarray, slow_scores: np.ndarray,
-                 caption_to_image: np.ndarray, alpha: float) -> np.ndarray:
+                 caption_to_image: np.ndarray, alpha: float, normalize: str = "zscore") -> np.ndarray:
     """0-based t2i ranks after re-ranking each query's top-K (``candidates``, best first) by
-    ``slow + alpha * fast``; the gallery below K keeps its Fast order (ties count against the model)."""
+    ``combine_scores`` of Slow's and Fast's scores; the gallery below K keeps its Fast order (ties count
+    against the model)."""
     q, k = candidates.shape
     fast_top = np.take_along_axis(fast_scores, candidates, axis=1)
-    combined = slow_scores + alpha * fast_top
+    combined = combine_scores(slow_scores, fast_top, alpha, normalize)
     gt = caption_to_image
     in_top = candidates == gt[:, None]
     ranks = metrics_lib.t2i_ranks(fast_scores, gt)  # gt outside the top-K keeps its Fast rank (>= K)
@@ -319,15 +344,24 @@ def rerank_ranks(fast_scores: np.ndarray, candidates: np.ndarray, slow_scores: n
     return ranks
 
 
-def choose_alpha(fast_scores, candidates, slow_scores, caption_to_image, grid: Sequence[float]) -> float:
+def choose_alpha(fast_scores, candidates, slow_scores, caption_to_image, grid: Sequence[float],
+                 normalize: str = "zscore") -> float:
     """The alpha of ``grid`` with the best R@1 (then mean rank) after re-ranking; ties -> the smaller alpha."""
     best = None
     for a in sorted(grid):
-        ranks = rerank_ranks(fast_scores, candidates, slow_scores, caption_to_image, a)
+        ranks = rerank_ranks(fast_scores, candidates, slow_scores, caption_to_image, a, normalize)
         key = (-(ranks == 0).mean(), ranks.mean())
         if best is None or key < best[0]:
             best = (key, a)
     return best[1]
+
+
+def rerank_normalize(config) -> str:
+    """``rerank.normalize`` of a Slow run's config; runs from before the key existed used the raw sum."""
+    norm = config.rerank.get("normalize", "none")
+    if norm not in NORMALIZE:
+        raise ValueError(f"rerank.normalize must be one of {NORMALIZE}, got {norm!r}")
+    return norm
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -435,6 +469,7 @@ def _rerank_rows(slow_run_state, fast_like: dict, split: EvalSplit, progress) ->
     cache = slow.gallery_cache(state, split)
     val = load_split(cfg, cfg.data.val_split) if cfg.rerank.alpha < 0 else None
     val_cache = slow.gallery_cache(state, val) if val is not None else None
+    norm = rerank_normalize(cfg)
     rows = []
     for method, (scorer, fstate, scores, gallery) in fast_like.items():
         alphas = {k: float(cfg.rerank.alpha) for k in ks}
@@ -444,20 +479,20 @@ def _rerank_rows(slow_run_state, fast_like: dict, split: EvalSplit, progress) ->
             vslow, _ = slow.rerank_scores(state, val.captions, vcand, cache=val_cache)
             for k in ks:
                 alphas[k] = choose_alpha(vscores, vcand[:, :k], vslow[:, :k], val.caption_to_image,
-                                         tuple(cfg.rerank.alpha_grid))
+                                         tuple(cfg.rerank.alpha_grid), norm)
         cand_all, fast_ms = scorer.search(fstate, split.captions, gallery, max(ks))
         for k in ks:
             cand = cand_all[:, :k]
             slow_scores, slow_ms = slow.rerank_scores(state, split.captions, cand, cache=cache)
-            ranks = rerank_ranks(scores, cand, slow_scores, split.caption_to_image, alphas[k])
+            ranks = rerank_ranks(scores, cand, slow_scores, split.caption_to_image, alphas[k], norm)
             rows.append(_row(cfg, split, f"{method}+slow", None, k=k, ms=fast_ms + slow_ms, t2i_ranks=ranks,
-                             alpha=alphas[k], visual="cached"))
+                             alpha=alphas[k], normalize=norm, visual="cached"))
             progress(f"{method}+slow K={k}: t2i R@1 {rows[-1]['t2i_r1']:.1f} ({fast_ms + slow_ms:.2f} ms/query)")
         if method == "fast" and cfg.rerank.recompute_k in ks:  # the no-cache alternative, for the speed record
             k = cfg.rerank.recompute_k
             cand = cand_all[:, :k]
             slow_scores, slow_ms = slow.rerank_scores(state, split.captions, cand, split=split)
-            ranks = rerank_ranks(scores, cand, slow_scores, split.caption_to_image, alphas[k])
+            ranks = rerank_ranks(scores, cand, slow_scores, split.caption_to_image, alphas[k], norm)
             rows.append(_row(cfg, split, f"{method}+slow", None, k=k, ms=fast_ms + slow_ms, t2i_ranks=ranks,
-                             alpha=alphas[k], visual="recomputed"))
+                             alpha=alphas[k], normalize=norm, visual="recomputed"))
     return rows

@@ -35,7 +35,7 @@ from fastslow_jax import parallel
 from fastslow_jax import workdir as workdir_lib
 from fastslow_jax.data.gallery import IMAGE_EXTENSIONS, ImageFiles, load_image
 from fastslow_jax.data.pipeline import EvalSplit, get_builder
-from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer
+from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer, combine_scores, rerank_normalize
 from fastslow_jax.serving.ann import AnnIndex
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,29 @@ def _abstract_cache(slow_scorer, state, shape):
                           state["params"], state["rest"], images)
 
 
+def rerank_settings(models: Models) -> dict:
+    """How this model's re-ranking combines Slow and Fast: ``{"normalize": ..., "alpha": {K: alpha}}``.
+
+    alpha per K is the Slow run's ``rerank.alpha`` when fixed (>= 0, every K of ``rerank.ks``), else the ones
+    the pipeline eval chose on validation (``WORKDIR/eval.json``, the rows of this embedding tower); none
+    known: no entry (Slow alone)."""
+    if models.slow_run is None:
+        return {"normalize": "none", "alpha": {}}
+    cfg = models.slow_run.config
+    norm = rerank_normalize(cfg)
+    if float(cfg.rerank.alpha) >= 0:
+        return {"normalize": norm, "alpha": {str(k): float(cfg.rerank.alpha) for k in cfg.rerank.ks}}
+    path = os.path.join(models.workdir, "eval.json")
+    method = ("fast_distilled" if models.tower else "fast") + "+slow"
+    alphas = {}
+    if os.path.exists(path):
+        for r in _read_json(path):
+            if r.get("method") == method and r.get("alpha") is not None and r.get("k"):
+                alphas[str(int(r["k"]))] = float(r["alpha"])
+                norm = r.get("normalize", "none")  # the combination those alphas were chosen for
+    return {"normalize": norm, "alpha": alphas}
+
+
 def build_index(workdir: str, out: str, *, dataset: str | None = None, images: str | None = None,
                 limit: int = 0, visual_tokens: bool = False, add: bool = False, progress: bool = True,
                 devices=None, models: Models | None = None) -> dict:
@@ -268,7 +291,7 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
                 "config": json.loads(config_lib.to_json(models.fast_run.config)),
                 "dim": int(emb.shape[1]), "image_shape": list(shape), "count": len(all_items),
                 "main_count": ann.main_count, "delta_count": ann.delta_count, "ann": ann.params,
-                "visual_tokens": store_visual, "sources": sources}
+                "visual_tokens": store_visual, "rerank": rerank_settings(models), "sources": sources}
     _write_json(os.path.join(out, "manifest.json"), manifest)
     log.info("index %s: %d items (%d in the delta segment%s)", out, len(all_items), ann.delta_count,
              "; compacted" if compacted else "")
@@ -330,23 +353,18 @@ class SearchEngine:
         if self.slow is not None and self.manifest.get("visual_tokens"):
             like = _abstract_cache(self.slow, m.slow_state, self.shape)
             self.cache = _load_visual(os.path.join(index_dir, "visual.npz"), like)
-        self.alpha = float(alpha) if alpha is not None else self._default_alpha()
+        self.alpha = float(alpha) if alpha is not None else None  # None: per K, from the index
+        self.rerank = self.manifest.get("rerank") or rerank_settings(self.models)  # indexes before it was stored
 
-    def _default_alpha(self) -> float:
-        """rerank.alpha of the Slow run when fixed (>= 0), else the alpha the pipeline eval chose
-        (WORKDIR/eval.json, the row of this embedding tower at K=10), else 0 (Slow alone)."""
-        if self.models.slow_run is None:
+    def alpha_for(self, k: int) -> float:
+        """Re-ranking's alpha for the Fast top ``k``: ``--alpha`` when given, else the one chosen on
+        validation for the nearest K the index stores (the smaller on a tie), else 0 (Slow alone)."""
+        if self.alpha is not None:
+            return self.alpha
+        stored = {int(kk): float(a) for kk, a in self.rerank["alpha"].items()}
+        if not stored:
             return 0.0
-        a = float(self.models.slow_run.config.rerank.alpha)
-        if a >= 0:
-            return a
-        path = os.path.join(self.models.workdir, "eval.json")
-        method = ("fast_distilled" if self.models.tower else "fast") + "+slow"
-        if os.path.exists(path):
-            rows = [r for r in _read_json(path) if r.get("method") == method and r.get("alpha") is not None]
-            if rows:
-                return float(min(rows, key=lambda r: abs((r.get("k") or 0) - 10))["alpha"])
-        return 0.0
+        return stored[min(stored, key=lambda kk: (abs(kk - k), kk))]
 
     @property
     def can_rerank(self) -> bool:
@@ -365,7 +383,8 @@ class SearchEngine:
 
     def search(self, query: str, k: int = 10, rerank: int = 0) -> dict:
         """Top-k gallery items for ``query``; with ``rerank`` = K > 0 the Fast top K are re-ordered by
-        Slow (``slow + alpha * fast``) and the rest keep their Fast order. Times are in milliseconds."""
+        ``combine_scores`` of Slow's and Fast's scores (z-scored over the K, alpha for K: ``alpha_for``) and
+        the rest keep their Fast order. Times are in milliseconds."""
         query = self.check(query, int(k), int(rerank))
         with self.lock:
             t0 = time.perf_counter()
@@ -376,11 +395,12 @@ class SearchEngine:
             ids, fast_scores = self.ann.search(q, max(k, rerank))
             ids, fast_scores = ids[0], fast_scores[0]
             t2 = time.perf_counter()
-            slow_scores = None
+            slow_scores, alpha = None, None
             n_rr = min(rerank, len(ids))
             if n_rr:
                 slow_scores = self._slow_scores(query, ids[:n_rr])
-                combined = slow_scores + self.alpha * fast_scores[:n_rr]
+                alpha = self.alpha_for(n_rr)
+                combined = combine_scores(slow_scores, fast_scores[:n_rr], alpha, self.rerank["normalize"])
                 order = np.argsort(-combined, kind="stable")
                 ids = np.concatenate([ids[:n_rr][order], ids[n_rr:]])
                 fast_scores = np.concatenate([fast_scores[:n_rr][order], fast_scores[n_rr:]])
@@ -392,7 +412,7 @@ class SearchEngine:
                             "fast_score": float(fs),
                             "slow_score": float(slow_scores[r]) if slow_scores is not None and r < n_rr else None,
                             "image": f"/image/{int(i)}"})
-        return {"query": query, "k": int(k), "rerank": n_rr, "alpha": self.alpha if n_rr else None,
+        return {"query": query, "k": int(k), "rerank": n_rr, "alpha": alpha if n_rr else None,
                 "results": results,
                 "timings_ms": {"embed": 1e3 * (t1 - t0), "ann": 1e3 * (t2 - t1), "slow": 1e3 * (t3 - t2),
                                "total": 1e3 * (t3 - t0)},

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from fastslow_jax.retrieval import metrics
-from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer, choose_alpha, load_split, rerank_ranks
+from fastslow_jax.retrieval.evaluate import (FastScorer, SlowScorer, choose_alpha, combine_scores, load_split,
+                                            rerank_ranks)
 from fastslow_jax.train import loop
 from tests.conftest import tiny_config
 
@@ -16,11 +17,31 @@ def test_rerank_ranks_hand_computed():
     cand = np.asarray([[0, 1, 2], [0, 1, 2]])  # top-3 by fast
     slow = np.asarray([[-5.0, -4.0, -1.0],      # query 0: slow puts its gt (image 2) first
                        [-1.0, -2.0, -3.0]])     # query 1: gt (image 3) is below K
-    ranks = rerank_ranks(fast, cand, slow, gt, alpha=0.0)
-    assert ranks.tolist() == [0, 3]  # query 1 keeps its Fast rank (3 images above it)
-    # with a large alpha the Fast order comes back inside the top-K: image 2 is third again
-    assert rerank_ranks(fast, cand, slow, gt, alpha=100.0).tolist() == [2, 3]
-    assert choose_alpha(fast, cand, slow, gt, (0.0, 100.0)) == 0.0
+    for norm in ("none", "zscore"):
+        ranks = rerank_ranks(fast, cand, slow, gt, alpha=0.0, normalize=norm)
+        assert ranks.tolist() == [0, 3]  # query 1 keeps its Fast rank (3 images above it)
+        # with a large alpha the Fast order comes back inside the top-K: image 2 is third again
+        assert rerank_ranks(fast, cand, slow, gt, alpha=100.0, normalize=norm).tolist() == [2, 3]
+        assert choose_alpha(fast, cand, slow, gt, (0.0, 100.0), norm) == 0.0
+
+
+def test_zscored_combination_hand_computed():
+    slow = np.asarray([[-10.0, -20.0, -30.0]])  # z: mean -20, std sqrt(200 / 3) -> [1.2247, 0, -1.2247]
+    fast = np.asarray([[0.1, 0.5, 0.3]])        # z: mean 0.3, std sqrt(0.08 / 3) -> [-1.2247, 1.2247, 0]
+    z = np.sqrt(1.5)
+    np.testing.assert_allclose(combine_scores(slow, fast, 1.0), [[0.0, z, -z]], atol=1e-9)
+    np.testing.assert_allclose(combine_scores(slow, fast, 0.5), [[z / 2, z / 2, -z]], atol=1e-9)
+    np.testing.assert_allclose(combine_scores(slow, fast, 1.0, "none"), [[-9.9, -19.5, -29.7]], atol=1e-9)
+    # one scale whatever the caption's length: 3x the log-likelihood (a 3x longer caption) changes nothing
+    np.testing.assert_allclose(combine_scores(3 * slow, fast, 1.0), combine_scores(slow, fast, 1.0), atol=1e-9)
+    # a constant row (K = 1, or equal scores) standardises to 0 rather than dividing by zero
+    np.testing.assert_allclose(combine_scores([[-4.0]], [[0.3]], 2.0), [[0.0]])
+    # ranks: gt = image 1 is first at alpha 1 (Fast's favourite), third at alpha 0 (Slow's order)
+    gt, cand, gallery = np.asarray([1]), np.asarray([[0, 1, 2]]), np.asarray([[0.1, 0.5, 0.3, -1.0]])
+    assert rerank_ranks(gallery, cand, slow, gt, alpha=1.0).tolist() == [0]
+    assert rerank_ranks(gallery, cand, slow, gt, alpha=0.0).tolist() == [1]
+    with pytest.raises(ValueError, match="rerank.normalize"):
+        combine_scores(slow, fast, 1.0, "softmax")
 
 
 def test_rerank_ties_count_against_the_model():

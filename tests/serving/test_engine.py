@@ -60,8 +60,11 @@ def test_rerank_orders_top_k_by_slow_scores_of_the_real_model(serving_engine, se
     ref = np.asarray(score(slow, images, tokens))
     got = np.array([r["slow_score"] for r in out["results"][:7]])
     np.testing.assert_allclose(got, ref, rtol=2e-2, atol=0.05)  # stored visual tokens are bfloat16
-    combined = got + eng.alpha * np.array([r["fast_score"] for r in out["results"][:7]])
-    assert np.all(np.diff(combined) <= 1e-5)
+    # the order: z-scored over the 7 (by hand here) with the index's alpha for K = 7
+    assert out["alpha"] == eng.alpha_for(7) and eng.rerank["normalize"] == "zscore"
+    fast7 = np.array([r["fast_score"] for r in out["results"][:7]])
+    combined = (got - got.mean()) / got.std() + out["alpha"] * (fast7 - fast7.mean()) / fast7.std()
+    assert np.all(np.diff(combined) <= 1e-3)
     # without stored visual tokens the candidates' features are recomputed from their images (float32)
     out_dir = str(tmp_path / "novis")
     engine.build_index(serving_pipeline, out_dir, dataset="shapes/tiny:test", limit=16, progress=False,
@@ -143,3 +146,30 @@ def test_cli_index_and_search(serving_pipeline, tmp_path):
     assert lines[5].startswith("time: text") and "Slow" in lines[5]
     r = run_cli(["search", out, "  "], env)  # refused before any model is loaded
     assert r.returncode == 1 and "fastslow: error: the query is empty" in r.stderr
+
+
+def test_rerank_alpha_is_stored_per_k_and_serving_uses_the_one_for_its_k(serving_engine, tmp_path):
+    import dataclasses
+    import json
+    models = serving_engine.models
+    # the pipeline eval's rows (as in WORKDIR/eval.json): alpha chosen per K on validation
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    method = ("fast_distilled" if models.tower else "fast") + "+slow"
+    rows = [{"method": method, "k": 10, "alpha": 0.5, "normalize": "zscore"},
+            {"method": method, "k": 20, "alpha": 2.0, "normalize": "zscore", "visual": "cached"},
+            {"method": "other+slow", "k": 5, "alpha": 9.0, "normalize": "zscore"},
+            {"method": "slow", "k": None, "alpha": None}]
+    (wd / "eval.json").write_text(json.dumps(rows))
+    settings = engine.rerank_settings(dataclasses.replace(models, workdir=str(wd)))
+    assert settings == {"normalize": "zscore", "alpha": {"10": 0.5, "20": 2.0}}
+    eng = engine.SearchEngine.__new__(engine.SearchEngine)  # only the alpha lookup, on these settings
+    eng.alpha, eng.rerank = None, settings
+    assert [eng.alpha_for(k) for k in (1, 10, 14, 15, 16, 20, 50)] == [0.5, 0.5, 0.5, 0.5, 2.0, 2.0, 2.0]
+    eng.alpha = 3.0  # --alpha overrides every K
+    assert eng.alpha_for(10) == eng.alpha_for(20) == 3.0
+    # the index written by build_index stores its model's settings: the tiny pipeline has no eval.json, so no
+    # alpha is known and re-ranking is Slow alone
+    assert not os.path.exists(os.path.join(models.workdir, "eval.json"))
+    assert serving_engine.manifest["rerank"] == {"normalize": "zscore", "alpha": {}}
+    assert serving_engine.alpha_for(10) == 0.0

@@ -85,8 +85,11 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
 
     c.rerank = ml_collections.ConfigDict()
     c.rerank.ks = (1, 5, 10, 20, 50)  # Fast top-K re-ranked by Slow (pipeline eval)
-    c.rerank.alpha = -1.0  # order by slow + alpha * fast; < 0: choose per K on the validation split
-    c.rerank.alpha_grid = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+    # order by z(slow) + alpha * z(fast), each standardised over the query's K candidates ("none": the raw sum,
+    # a caption's summed log-probability, tens of nats, plus a cosine); alpha < 0: chosen per K on validation
+    c.rerank.normalize = "zscore"
+    c.rerank.alpha = -1.0
+    c.rerank.alpha_grid = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     c.rerank.recompute_k = 10  # also time this K with visual features recomputed instead of cached
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
@@ -103,6 +106,14 @@ def fast_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     """The Fast dual encoder's fields (used by shapes_fast and by the distillation student)."""
     c.model.embed_dim = 32 if tiny else 128
     c.model.temperature = 0.07  # initial value of the learnable temperature
+    # the pooled image feature: the mean of each of these backbone levels (C5, C4, C3), at the input size and at
+    # each of pool_sizes (the image resized to S x S), concatenated; ("C5",) and () = the classic global pool
+    c.model.pool_levels = ("C5",)
+    c.model.pool_sizes = ()
+    c.model.image_feature_norm = "none"  # none | layernorm (over the pooled feature, before the head)
+    c.model.feature_dropout = 0.0  # dropout on the pooled image feature in training
+    c.model.image_head = "linear"  # linear | mlp (linear + a residual 2-layer MLP of head_hidden units)
+    c.model.head_hidden = 1024
     c.model.text = ml_collections.ConfigDict()
     c.model.text.name = "bert"  # bert (BERT-family encoder, mean pooled); clip is refused (WordPiece tokenizer only)
     # initial weights: "" = random; a Hugging Face checkpoint dir (config.json + model.safetensors; a

@@ -1,7 +1,9 @@
 """The Fast dual encoder: f(x) and g(y) embedded independently, scored by a dot product.
 
-Image tower: backbone -> global average pool of C5 (or the backbone's own ``pooled``, e.g. CLIP's CLS
-token; then over time too for video clips) -> linear -> L2.
+Image tower: backbone -> global average pool of C5 (or of each of ``model.pool_levels``, at the input size
+and at each of ``model.pool_sizes``, concatenated; or the backbone's own ``pooled``, e.g. CLIP's CLS token;
+then over time too for video clips) -> [LayerNorm] -> [dropout in training] -> linear (+ a residual MLP: ``model.image_head="mlp"``)
+-> L2.
 Text tower: transformer encoder -> masked mean pool (CLIP: the end-of-text token) -> linear -> L2.
 ``model.vision.pretrained`` / ``model.text.pretrained`` initialise the towers (``weights.load_pretrained``);
 ``model.freeze_vision`` / ``model.freeze_text`` lock a tower (LiT: the optimizer skips it, and a locked
@@ -32,8 +34,34 @@ class FastModel(nnx.Module):
         self.vision = build_backbone(cfg.vision, dtype=dtype, rngs=rngs)
         self.text = build_text_tower(cfg.text, vocab_size=vocab_size, dtype=dtype, remat=bool(cfg.get("remat", False)),
                                      rngs=rngs)
-        self.image_proj = layers.dense(self.vision.channels["C5"], cfg.embed_dim, ("embed", None), rngs=rngs,
-                                       dtype=dtype)
+        # the pooled image feature: the mean of each level of ``pool_levels`` (C5 alone by default; C4 and C3 add
+        # the finer, earlier maps), at the input size and at each of ``pool_sizes`` (the image resized), concatenated
+        self.pool_levels = tuple(cfg.get("pool_levels", ("C5",)))
+        self.pool_sizes = tuple(int(s) for s in cfg.get("pool_sizes", ()))
+        unknown = [lv for lv in self.pool_levels if lv not in self.vision.channels]
+        if unknown or not self.pool_levels:
+            raise ValueError(f"model.pool_levels {list(self.pool_levels)}: the {cfg.vision.name} backbone has levels "
+                             f"{sorted(self.vision.channels)}")
+        if hasattr(self.vision, "pooled") and self.pool_levels != ("C5",):
+            raise ValueError(f"model.pool_levels must be ('C5',) with the {cfg.vision.name} backbone (its own "
+                             f"pooled token), got {list(self.pool_levels)}")
+        feature_dim = sum(self.vision.channels[lv] for lv in self.pool_levels) * (1 + len(self.pool_sizes))
+        self.feature_dim = feature_dim
+        self.image_norm = (layers.layer_norm(feature_dim, rngs=rngs, eps=1e-6, dtype=dtype)
+                           if cfg.get("image_feature_norm", "none") == "layernorm" else None)
+        # dropout on the pooled feature in training (a regulariser for a head trained over a locked tower)
+        self.feature_dropout = nnx.Dropout(float(cfg.get("feature_dropout", 0.0)))
+        self.image_proj = layers.dense(feature_dim, cfg.embed_dim, ("embed", None), rngs=rngs, dtype=dtype)
+        # image_head "mlp": a residual two-layer MLP next to the linear projection, its output layer zero-initialised
+        # (at step 0 the head is the linear one)
+        head = cfg.get("image_head", "linear")
+        if head not in ("linear", "mlp"):
+            raise ValueError(f"model.image_head must be 'linear' or 'mlp', got {head!r}")
+        hidden = int(cfg.get("head_hidden", 1024))
+        self.image_mlp = nnx.Sequential(
+            layers.dense(feature_dim, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype), nnx.gelu,
+            layers.dense(hidden, cfg.embed_dim, ("mlp", None), rngs=rngs, dtype=dtype,
+                         kernel_init=nnx.initializers.zeros_init())) if head == "mlp" else None
         self.text_proj = layers.dense(self.text.width, cfg.embed_dim, ("embed", None), rngs=rngs, dtype=dtype)
         self.logit_scale = nnx.Param(jnp.asarray(math.log(1.0 / cfg.temperature), jnp.float32), out_sharding=())
         self.max_logit_scale = math.log(100.0)
@@ -45,22 +73,38 @@ class FastModel(nnx.Module):
         the projection): what a locked image tower's cache holds."""
         train = train and not self.vision_locked
         frames, lead = layers.fold_time(images)
-        if hasattr(self.vision, "pooled"):  # e.g. CLIP's ViT: its own pooled token
-            pooled = self.vision.pooled(frames, train=train)
-        else:
-            pooled = self.vision(frames, train=train)["C5"].mean(axis=(1, 2))
-        pooled = layers.unfold_time(pooled, lead)
+        pooled = [self._pooled(frames, train)]
+        for size in self.pool_sizes:  # the same image at another resolution (cubic, antialiased when smaller)
+            resized = jax.image.resize(frames.astype(jnp.float32), (frames.shape[0], size, size, frames.shape[-1]),
+                                       "cubic", antialias=True)
+            pooled.append(self._pooled(jnp.clip(resized, 0.0, 255.0), train))
+        pooled = layers.unfold_time(jnp.concatenate(pooled, axis=-1) if len(pooled) > 1 else pooled[0], lead)
         if pooled.ndim == 3:  # video: average over time as well
             pooled = pooled.mean(axis=1)
         return pooled
 
-    def embed_image_features(self, pooled: jax.Array) -> jax.Array:
-        """[B, C] pooled backbone features -> [B, E] unit vectors (float32)."""
-        return layers.l2_normalize(self.image_proj(pooled)).astype(jnp.float32)
+    def _pooled(self, frames: jax.Array, train: bool) -> jax.Array:
+        if hasattr(self.vision, "pooled"):  # e.g. CLIP's ViT: its own pooled token
+            return self.vision.pooled(frames, train=train)
+        maps = self.vision(frames, train=train)
+        feats = [maps[lv].mean(axis=(1, 2)) for lv in self.pool_levels]
+        return jnp.concatenate(feats, axis=-1) if len(feats) > 1 else feats[0]
 
-    def encode_image(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    def embed_image_features(self, pooled: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
+                             ) -> jax.Array:
+        """[B, C] pooled backbone features -> [B, E] unit vectors (float32); ``model.feature_dropout`` applies
+        when ``train`` and ``rngs`` are given."""
+        x = self.image_norm(pooled) if self.image_norm is not None else pooled
+        if train and rngs is not None and self.feature_dropout.rate > 0:
+            x = self.feature_dropout(x, deterministic=False, rngs=rngs)
+        y = self.image_proj(x)
+        if self.image_mlp is not None:
+            y = y + self.image_mlp(x)
+        return layers.l2_normalize(y).astype(jnp.float32)
+
+    def encode_image(self, images: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
         """[B, H, W, 3] images or [B, T, H, W, 3] clips (uint8) -> [B, E] unit vectors (float32)."""
-        return self.embed_image_features(self.image_features(images, train=train))
+        return self.embed_image_features(self.image_features(images, train=train), train=train, rngs=rngs)
 
     def text_features(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
         """[B, L] token ids (0 = padding) -> [B, width] pooled text states (before the projection)."""

@@ -121,8 +121,9 @@ class DistillTask:
     def loss_fn(self, model: DistillModel, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict):
         dcfg = config.distill
         student, teacher = model.student, model.teacher
-        img = student.encode_image(batch["image"], train=True)
-        txt = student.encode_text(batch["tokens"], train=True, rngs=nnx.Rngs(dropout=rng))
+        rngs = nnx.Rngs(dropout=rng)
+        img = student.encode_image(batch["image"], train=True, rngs=rngs)
+        txt = student.encode_text(batch["tokens"], train=True, rngs=rngs)
         pos = batch_positives(batch, config)
         nce, logits = infonce(txt, img, student.scale(), config.loss.direction, pos)
         metrics = {"nce": nce, "batch_t2i_acc": in_batch_accuracy(logits, pos)}
@@ -135,7 +136,7 @@ class DistillTask:
         elif dcfg.mode == "topm":  # teacher scores precomputed over each caption's top-M Fast candidates
             cand = batch["cand_images"]
             b, m = cand.shape[:2]
-            cimg = student.encode_image(cand.reshape(b * m, *cand.shape[2:]), train=True).reshape(b, m, -1)
+            cimg = student.encode_image(cand.reshape(b * m, *cand.shape[2:]), train=True, rngs=rngs).reshape(b, m, -1)
             h = batch["teacher_scores"]
             kl = distill_kl(h, jnp.einsum("be,bme->bm", txt, cimg) * s_scale, dcfg.tau_teacher, s_tau)
         elif int(dcfg.get("in_batch_topm", 0)) > 0:  # in-batch hard negatives

@@ -114,8 +114,10 @@ class LockedTowerFeatures:
                  "ids": [split.image_ids[0], split.image_ids[-1]] if split.num_images else []}
         self.image = self.text = None
         if self.replaces_image:
+            pool = {} if (fast.pool_levels, fast.pool_sizes) == (("C5",), ()) else {  # the classic pool: no key
+                "pool": [list(fast.pool_levels), list(fast.pool_sizes)]}
             key = _fingerprint(dict(ident, image=pipeline.image_options(config.data),
-                                    vision=config.model.vision.to_dict()), fast.vision)
+                                    vision=config.model.vision.to_dict(), **pool), fast.vision)
             self.image = self._cached("image", key, split.num_images,
                                       lambda: scorer.embed_images(state, split, features=True, progress=progress))
         if config.model.get("freeze_text", False):
@@ -172,11 +174,11 @@ def text_embeddings(model: FastModel, batch: dict, rngs: nnx.Rngs) -> jax.Array:
     return model.encode_text(batch["tokens"], train=True, rngs=rngs)
 
 
-def image_embeddings(model: FastModel, batch: dict) -> jax.Array:
+def image_embeddings(model: FastModel, batch: dict, rngs: nnx.Rngs | None = None) -> jax.Array:
     """f(x) of a training batch: from its images, or from a locked tower's cached ``image_features``."""
     if "image_features" in batch:
-        return model.embed_image_features(batch["image_features"])
-    return model.encode_image(batch["image"], train=True)
+        return model.embed_image_features(batch["image_features"], train=True, rngs=rngs)
+    return model.encode_image(batch["image"], train=True, rngs=rngs)
 
 
 class FastTask:
@@ -210,7 +212,7 @@ class FastTask:
 
     def loss_fn(self, model: FastModel, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict):
         rngs = nnx.Rngs(dropout=rng)
-        img = image_embeddings(model, batch)
+        img = image_embeddings(model, batch, rngs)
         txt = text_embeddings(model, batch, rngs)
         scale = model.scale()
         pos = batch_positives(batch, config)

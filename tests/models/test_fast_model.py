@@ -104,3 +104,65 @@ def test_depthwise_conv_matches_grouped_convolution(size, kernel, stride):
     g_ref = jax.grad(lambda x, w: (grouped(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
     for a, b in zip(g_ours, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_pooled_feature_of_several_levels_and_sizes():
+    cfg = tiny_config()
+    base = FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))
+    cfg.model.pool_levels = ("C5", "C3")
+    cfg.model.pool_sizes = (32,)
+    cfg.model.image_head = "mlp"
+    cfg.model.head_hidden = 16
+    model = FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))  # same seed: the same backbone weights
+    ch = model.vision.channels
+    assert model.feature_dim == 2 * (ch["C5"] + ch["C3"]) and model.image_proj.kernel.shape[0] == model.feature_dim
+    # smooth images (at most 2 cycles across): any two good resizing methods agree on them
+    u = np.linspace(0, 1, 64, endpoint=False)
+    freq = np.random.default_rng(1).uniform(0.5, 2.0, (2, 3, 2))
+    images = jnp.asarray(np.stack([np.stack([127.5 + 100 * np.sin(2 * np.pi * (f[c, 0] * u[:, None] + f[c, 1] * u[None])
+                                                                    + c) for c in range(3)], -1) for f in freq]),
+                         jnp.uint8)
+    got = np.asarray(model.image_features(images))
+    maps = model.vision(images)
+    c5, c3 = ch["C5"], ch["C3"]
+    np.testing.assert_allclose(got[:, :c5], np.asarray(base.image_features(images)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[:, c5:c5 + c3], np.asarray(maps["C3"]).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    # the same image at 32 px: each 2x2 block averaged (on a smooth image, close to an antialiased cubic resize)
+    small = np.asarray(images, np.float32).reshape(2, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+    maps32 = model.vision(jnp.asarray(small))
+    want32 = np.concatenate([np.asarray(maps32["C5"]).mean(axis=(1, 2)), np.asarray(maps32["C3"]).mean(axis=(1, 2))], 1)
+    err = np.abs(got[:, c5 + c3:] - want32).mean()
+    assert err < 0.1 * np.abs(want32).mean()
+    assert np.abs(got[:, :c5 + c3] - want32).mean() > 3 * err  # and it is not the 64 px feature again
+    # the MLP's output layer starts at zero: at step 0 the head is the linear projection
+    lin = layers.l2_normalize(model.image_proj(jnp.asarray(got)))
+    np.testing.assert_allclose(np.asarray(model.embed_image_features(jnp.asarray(got))), np.asarray(lin), atol=1e-6)
+    # a clip of identical frames pools like its image
+    clip = jnp.repeat(images[:, None], 3, axis=1)
+    np.testing.assert_allclose(np.asarray(model.image_features(clip)), got, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_pool_level_or_head_is_a_clear_error():
+    cfg = tiny_config()
+    cfg.model.pool_levels = ("C5", "C2")
+    with pytest.raises(ValueError, match=r"model.pool_levels \['C5', 'C2'\]: the tiny_cnn backbone has levels"):
+        FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))
+    cfg = tiny_config()
+    cfg.model.image_head = "transformer"
+    with pytest.raises(ValueError, match="model.image_head must be 'linear' or 'mlp'"):
+        FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))
+
+
+def test_feature_dropout_only_in_training():
+    cfg = tiny_config()
+    cfg.model.feature_dropout = 0.5
+    model = FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))
+    feats = jnp.ones((4, model.feature_dim))
+    want = layers.l2_normalize(model.image_proj(feats))
+    np.testing.assert_allclose(model.embed_image_features(feats), want, atol=1e-6)  # eval: no dropout
+    np.testing.assert_allclose(model.embed_image_features(feats, train=True), want, atol=1e-6)  # no rngs: none
+    # in training each feature is zeroed with probability 0.5 and the rest doubled: this is the projection of that
+    dropped = model.embed_image_features(feats, train=True, rngs=nnx.Rngs(dropout=3))
+    keep = np.asarray(nnx.Dropout(0.5)(feats, deterministic=False, rngs=nnx.Rngs(dropout=3))) > 0
+    assert 0.3 < keep.mean() < 0.7
+    np.testing.assert_allclose(dropped, layers.l2_normalize(model.image_proj(jnp.asarray(keep * 2.0))), atol=1e-5)

@@ -139,12 +139,22 @@ def make_tokenizer(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
     return Tokenizer(data_cfg.tokenizer, max_len=data_cfg.max_len)
 
 
-def split_source(data_cfg: ml_collections.ConfigDict, split: str):
-    """The random-access source of ``split`` (built on first use), or a clear error naming the splits."""
+def split_source(data_cfg: ml_collections.ConfigDict, split: str, decode_images: bool = True):
+    """The random-access source of ``split`` (built on first use), or a clear error naming the splits.
+
+    ``decode_images=False``: image and video features come back as their encoded bytes (TFDS
+    ``SkipDecoding``), for readers that need only the captions and ids (decoding is most of a record's
+    read time: about 9 ms against 2.6 ms for an emoji record on a loaded 2-core CPU)."""
     builder = get_builder(data_cfg)
     if split not in builder.info.splits:
         raise ValueError(f"dataset {data_cfg.name!r} has no split {split!r}; available: {sorted(builder.info.splits)}")
-    return builder.as_data_source(split)
+    if decode_images:
+        return builder.as_data_source(split)
+    import tensorflow_datasets as tfds
+
+    skip = {name: tfds.decode.SkipDecoding() for name, feature in builder.info.features.items()
+            if isinstance(feature, (tfds.features.Image, tfds.features.Video))}
+    return builder.as_data_source(split, decoders=skip or None)
 
 
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, split: str | None = None,
@@ -158,7 +168,9 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, sp
     pc = jax.process_count() if process_count is None else process_count
     if config.train.batch_size % pc:
         raise ValueError(f"train.batch_size {config.train.batch_size} is not divisible by {pc} processes")
-    source = split_source(data_cfg, split or data_cfg.train_split)
+    # a locked image tower's cached features stand in for the image: it is not even decoded
+    source = split_source(data_cfg, split or data_cfg.train_split,
+                          decode_images=not getattr(extras, "replaces_image", False))
     n = len(source)
     # Grain's per-epoch reshuffle hands the parent epoch * n + k: the record index is that modulo n (without it,
     # per-record extras such as top-M candidates or cached features were read past the split after epoch 1)
@@ -175,7 +187,7 @@ def caption_token_ids(data_cfg: ml_collections.ConfigDict, split: str, tokenizer
     vocabulary of a Slow decoder (``model.slow.output_vocab="train"``). Reads the whole split once."""
     from tqdm import tqdm
 
-    source = split_source(data_cfg, split)
+    source = split_source(data_cfg, split, decode_images=False)
     seen = np.zeros(tokenizer.vocab_size, dtype=bool)
     chunk: list[str] = []
     for i in tqdm(range(len(source)), desc=f"caption vocabulary of {data_cfg.name}:{split}", unit="ex",
@@ -211,8 +223,9 @@ class EvalSplit(Gallery):
         self.captions: list[str] = []
         cap2img: list[int] = []
         self.image_ids: list[str] = []
+        meta = split_source(data_cfg, split, decode_images=False)  # captions and ids: no image decoded
         for i in range(self.num_images):
-            ex = self.source[i]
+            ex = meta[i]
             caps = _captions(ex)[: queries_per_image or None]
             self.captions.extend(caps)
             cap2img.extend([i] * len(caps))

@@ -109,3 +109,27 @@ def test_record_index_stays_in_the_split_after_the_first_epoch(data_dir):
             assert 0 <= batch["image_index"][row] < n
             caps = [c for c in source[int(batch["image_index"][row])]["captions"]]
             assert batch["record_caption"][row] in caps
+
+
+def test_readers_that_need_no_pixels_do_not_decode_images(data_dir):
+    cfg = tiny_config("shapes_fast.py", data_dir=data_dir)
+    decoded = pipeline.split_source(cfg.data, "test")
+    raw = pipeline.split_source(cfg.data, "test", decode_images=False)
+    assert isinstance(raw[3]["image"], bytes) and isinstance(decoded[3]["image"], np.ndarray)
+    np.testing.assert_array_equal(pipeline._decode_image(raw[3]["image"]), decoded[3]["image"])
+    assert list(raw[3]["captions"]) == list(decoded[3]["captions"])
+    # EvalSplit reads its captions from the raw source; its images are the decoded ones
+    split = pipeline.EvalSplit(cfg.data, "test")
+    assert split.captions[:10] == [c.decode() for i in range(2) for c in decoded[i]["captions"]]
+    np.testing.assert_array_equal(split.read(5), pipeline._decode_image(decoded[5]["image"], *split.image_options))
+
+    # training with a locked image tower's features: the image is neither decoded by TFDS nor by the transform
+    class Extras:
+        replaces_image = True
+
+        def __call__(self, index, caption):
+            return {"image_features": np.full(3, index, np.float32)}
+
+    batch = pipeline.train_dataset(cfg, pipeline.make_tokenizer(cfg.data), extras=Extras())[0]
+    assert "image" not in batch
+    np.testing.assert_array_equal(batch["image_features"][:, 0], batch["image_index"])

@@ -58,7 +58,15 @@ def locked_towers(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.model.freeze_text = True
     c.loss.multi_positive = True
     c.optim.lr = 1e-3  # only the heads and the temperature train
+    # the image feature: C5, C4 and C3 pooled, at 224 px and again at 128 px (the 64 px emoji seen at two scales).
+    # Heads over cached features, 1,000 steps, on held-out train concepts (458 google queries; the validation
+    # split is only 152): C5 at 224 px R@1 41.7 / R@10 75.5; + C4, C3: 44.5 / 76.6; C5 at 224 + 128 px:
+    # 46.1 / 75.1; all three levels at both sizes: 50.2 / 75.8 (validation: 30.9 -> 38.8 R@1)
+    c.model.pool_levels = ("C5",) if tiny else ("C5", "C4", "C3")
+    c.model.pool_sizes = () if tiny else (128,)
+    # dropout 0.3 on that feature (same held-out queries): R@1 50.2 -> 50.4, R@5 68.8 -> 73.4, R@10 75.8 -> 78.6
+    c.model.feature_dropout = 0.3
     c.train.batch_size = 8 if tiny else 256
-    c.train.steps = 4 if tiny else 3000
+    c.train.steps = 4 if tiny else 1000  # 1,000 steps scored as 3,000 there (R@1 41.7 vs 41.3; 500: 40.8)
     c.train.log_every = 2 if tiny else 500
     c.train.checkpoint_every = 4 if tiny else 1000

@@ -1,5 +1,6 @@
 """What a workdir is: a training run (``config.json`` + ``checkpoints/``), or a *pipeline workdir*
-(as ``launch/demo.sh`` writes: runs in ``fast/``, ``slow/``, ``slow_lastmap/``, ``distill/``).
+(as ``launch/demo.sh`` writes: runs in ``fast/``, ``slow/``, ``slow_lastmap/``, ``distill/``; ``baseline/``
+as ``launch/emoji.sh`` adds: a Fast run that is only scored, never re-ranked).
 
 The one place that knows it, for ``fastslow eval``, ``index``, ``search`` and ``serve``: which runs a
 pipeline holds, which of them embeds a gallery, and how a run is loaded when the teacher workdir a
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 from fastslow_jax.retrieval import evaluate
 from fastslow_jax.train.run import Run, load_trained
 
-PIPELINE_RUNS = ("fast", "slow", "slow_lastmap", "distill")
+PIPELINE_RUNS = ("fast", "slow", "slow_lastmap", "distill", "baseline")  # baseline: a Fast run, a row alone
 EMBEDDING_RUNS = ("distill", "fast")  # the gallery is embedded by the distilled Fast tower, else plain Fast
 
 

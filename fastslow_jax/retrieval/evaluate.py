@@ -411,8 +411,9 @@ class Evaluator:
 
 def evaluate_pipeline(runs: dict, split_name: str | None = None, progress=print) -> list[dict]:
     """The full table for the runs of a pipeline workdir (``{"fast"|"slow"|"slow_lastmap"|"distill":
-    (Run, state)}``, as ``workdir.load_pipeline`` reads them): fast, fast_distilled, slow, slow_lastmap,
-    and fast(+distilled)+slow re-ranking for every K in the Slow run's ``rerank.ks``.
+    (Run, state)}``, as ``workdir.load_pipeline`` reads them): baseline (a Fast run scored alone, e.g. a
+    linear probe), fast, fast_distilled, slow, slow_lastmap, and fast(+distilled)+slow re-ranking for every K in
+    the Slow run's ``rerank.ks``.
 
     All rows use the same gallery and queries (the ``eval.limit`` / ``eval.queries_per_image`` of the
     runs' configs), except that with ``eval.fast_full_split`` the Fast rows are
@@ -426,7 +427,7 @@ def evaluate_pipeline(runs: dict, split_name: str | None = None, progress=print)
     rows: list[dict] = []
     fast_like = {}  # method -> (scorer, state, test scores [Q, N], gallery embeddings [N, E])
     split = load_split(any_run.config, split_name)
-    for name, method in (("fast", "fast"), ("distill", "fast_distilled")):
+    for name, method in (("baseline", "baseline"), ("fast", "fast"), ("distill", "fast_distilled")):
         if name in runs:
             run, state = runs[name]  # a Fast run, or a distillation run (its student; weight 0 = the control)
             scorer = FastScorer(run, "student" if run.config.task == "distill" else None)
@@ -434,9 +435,10 @@ def evaluate_pipeline(runs: dict, split_name: str | None = None, progress=print)
             rows.append(row)
             progress(f"{method}: t2i R@1 {row['t2i_r1']:.1f}")
             fast_like[method] = (scorer, state, scores, gallery)
+    baseline = fast_like.pop("baseline", None)  # a row of its own (and on the whole split); not re-ranked
     full = _full_split(any_run.config, split_name, split) if any_run.config.eval.get("fast_full_split") else None
     if full is not None:  # the cheap Fast rows again on every image and caption of the split (less noise)
-        for method, (scorer, state, _, _) in list(fast_like.items()):
+        for method, (scorer, state, _, _) in ([("baseline", baseline)] if baseline else []) + list(fast_like.items()):
             row = scorer.evaluate(state, full, method)[0]
             rows.append(row)
             progress(f"{method} (whole split, {row['gallery']} images, {row['queries']} queries): "

@@ -95,6 +95,21 @@ def test_pipeline_table_has_every_row(pipeline_dir):
         assert set(evaluate.ROW_KEYS) <= set(r)
 
 
+def test_a_baseline_run_is_a_row_of_its_own_never_re_ranked(pipeline_dir, tmp_path):
+    # a pipeline whose baseline/ is the same Fast run as fast/: the same figures, and no baseline+slow row
+    wd = tmp_path / "pipe"
+    wd.mkdir()
+    for name, src in (("fast", "fast"), ("baseline", "fast"), ("slow", "slow")):
+        os.symlink(os.path.join(pipeline_dir, src), wd / name)
+    rows = workdir_lib.evaluate_pipeline(str(wd), "test", ["eval.limit=16", "eval.queries_per_image=1",
+                                                           "eval.fast_full_split=False"], progress=lambda m: None)
+    by = {(r["method"], r["k"]): r for r in rows}
+    assert not any(r["method"].startswith("baseline+") for r in rows)
+    assert {m for m, _ in by} == {"baseline", "fast", "slow", "fast+slow"}
+    for key in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "gallery", "queries"):
+        assert by[("baseline", None)][key] == by[("fast", None)][key]
+
+
 def test_topm_distillation_precomputes_fast_candidates_and_teacher_scores(pipeline_dir, tmp_path):
     devices = jax.devices()[:1]
     wd = str(tmp_path / "topm")

@@ -4,7 +4,7 @@
   fastslow eval  --workdir DIR [--split test] [--output FILE.json] [--config.a.b=value ...]
   fastslow index --workdir DIR (--dataset NAME[:split] | --images DIR) --out INDEX [--visual-tokens] [--add]
   fastslow search INDEX "query" [--k 10] [--rerank K]
-  fastslow serve INDEX [--host 127.0.0.1 --port 8000]
+  fastslow serve INDEX [--host 127.0.0.1 --port 8000] [--max-batch 16 --max-wait-ms 2 --queue-size 64 --timeout 10]
   fastslow bench retrieval --workdir DIR [--sizes 1000,10000,100000,1000000] [--out bench]
   fastslow data build NAME[/config] [--manual-dir DIR] [--data-dir DIR] [--force]
 
@@ -102,6 +102,14 @@ def _serving_parsers(sub) -> None:
     v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     v.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
     v.add_argument("--alpha", type=float, default=None, help="order re-ranked results by slow + alpha * fast")
+    v.add_argument("--max-batch", type=int, default=16,
+                   help="most queries computed together (default 16; 1 = no batching)")
+    v.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long a query waits for others to join its batch (default 2 ms)")
+    v.add_argument("--queue-size", type=int, default=64,
+                   help="most queries waiting; beyond, 503 with Retry-After (default 64)")
+    v.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds a query may take, queue included, before a 504 (default 10)")
 
     b = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print figures.")
     bsub = b.add_subparsers(dest="bench", required=True)

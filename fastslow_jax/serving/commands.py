@@ -43,16 +43,16 @@ def search(args) -> int:
 
 def serve(args) -> int:
     from fastslow_jax.serving import engine, server
-    eng = engine.SearchEngine(args.index, args.workdir, alpha=args.alpha)
-    print(f"loaded {args.index}: {len(eng.items)} images; compiling ...", file=sys.stderr, flush=True)
-    eng.warm_up()
-    httpd = server.make_server(eng, args.host, args.port)
-    host, port = httpd.server_address[:2]
-    print(f"serving {args.index} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    try:
-        httpd.serve_forever()
-    finally:
-        httpd.server_close()
+    eng = engine.SearchEngine(args.index, args.workdir, alpha=args.alpha, max_batch=max(1, args.max_batch))
+    app = server.make_app(eng, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                          timeout_s=args.timeout)
+    sock = server.bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shapes = eng.compiled_shapes()
+    print(f"serving {args.index} ({len(eng.items)} images) on http://{host}:{port}/ (API: /docs); compiling "
+          f"{len(shapes['text_rows']) + len(shapes['slow'])} shapes first: /readyz answers 200 when done; "
+          f"Ctrl-C stops", flush=True)
+    server.make_server(app).run(sockets=[sock])
     return 0
 
 

@@ -38,6 +38,22 @@ class Timeout(Exception):
     """The request's deadline passed before its batch started (504)."""
 
 
+def check_settings(max_batch: int, max_wait_ms: float, queue_size: int, timeout_s: float,
+                   engine_max_batch: int | None = None) -> None:
+    """A ValueError naming the first bad batching setting (the serve flag in brackets), else None."""
+    if max_batch < 1:
+        raise ValueError(f"the batch size (--max-batch) must be at least 1, got {max_batch}")
+    if engine_max_batch is not None and max_batch > engine_max_batch:
+        raise ValueError(f"the batch size (--max-batch) {max_batch} exceeds the engine's {engine_max_batch} "
+                         f"(the largest batch it compiles)")
+    if max_wait_ms < 0:
+        raise ValueError(f"the batch wait (--max-wait-ms) must be at least 0 ms, got {max_wait_ms:g}")
+    if queue_size < 1:
+        raise ValueError(f"the queue size (--queue-size) must be at least 1, got {queue_size}")
+    if not timeout_s > 0:
+        raise ValueError(f"the request timeout (--timeout) must be positive, got {timeout_s:g} s")
+
+
 @dataclasses.dataclass(eq=False)
 class Job:
     query: str
@@ -53,7 +69,8 @@ class Batcher:
 
     def __init__(self, engine, *, max_batch: int | None = None, max_wait_ms: float = 2.0, queue_size: int = 64,
                  timeout_s: float = 10.0, warm_up: bool = True):
-        max_batch = self.check_settings(engine, max_batch, max_wait_ms, queue_size, timeout_s)
+        max_batch = engine.max_batch if max_batch is None else int(max_batch)
+        check_settings(max_batch, max_wait_ms, queue_size, timeout_s, engine.max_batch)
         self.engine = engine
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1e3
         self.queue_size, self.timeout_s = int(queue_size), float(timeout_s)
@@ -69,22 +86,6 @@ class Batcher:
         self._expect = 1  # the last batch's size: gathering waits for at most this many (and max_wait_ms)
         self._thread = threading.Thread(target=self._run, args=(warm_up,), name="fastslow-batcher", daemon=True)
         self._thread.start()
-
-    @staticmethod
-    def check_settings(engine, max_batch: int | None = None, max_wait_ms: float = 2.0, queue_size: int = 64,
-                       timeout_s: float = 10.0) -> int:
-        """The batch size to use (the engine's by default), or a ValueError naming the bad setting."""
-        max_batch = engine.max_batch if max_batch is None else int(max_batch)
-        if not 1 <= max_batch <= engine.max_batch:
-            raise ValueError(f"the batch size must be between 1 and the engine's {engine.max_batch} "
-                             f"(the shapes it compiles), got {max_batch}")
-        if max_wait_ms < 0:
-            raise ValueError(f"the batch wait must be at least 0 ms, got {max_wait_ms}")
-        if queue_size < 1:
-            raise ValueError(f"the queue size must be at least 1, got {queue_size}")
-        if timeout_s <= 0:
-            raise ValueError(f"the request timeout must be positive, got {timeout_s} s")
-        return max_batch
 
     # ----------------------------------------------------------------------------- the caller's side
     def submit(self, query: str, k: int, rerank: int) -> Job:
@@ -118,6 +119,12 @@ class Batcher:
         """Whole seconds until the queue has likely drained (at least 1)."""
         batches = -(-len(self._queue) // self.max_batch)
         return max(1, int(round(batches * self._batch_s + 0.5)))
+
+    def snapshot(self) -> dict:
+        """The counters (submitted, answered, rejected, timed_out, cancelled, failed, batches) and the
+        number of requests waiting, read together."""
+        with self._cond:
+            return {**self.stats, "queued": len(self._queue)}
 
     @property
     def queued(self) -> int:

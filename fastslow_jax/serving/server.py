@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from fastslow_jax.serving.batcher import Batcher, Overloaded, ShuttingDown, Timeout
+from fastslow_jax.serving.batcher import Batcher, Overloaded, ShuttingDown, Timeout, check_settings
 from fastslow_jax.serving.engine import MAX_K, MAX_QUERY_CHARS, MAX_RERANK, QueryError
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ function fromAddress() {  // the form as the address says: /?q=...&k=...&rerank=
   if (p.get('k')) $('k').value = p.get('k');
   const r = p.get('rerank');
   if (r !== null && r !== '') {
-    $('slow').checked = r !== '0';
+    $('slow').checked = canRerank && r !== '0';
     if (r !== '0') $('rerank').value = r;
   } else {
     $('slow').checked = canRerank;
@@ -117,9 +117,9 @@ fetch('/api/info').then(r => r.json()).then(info => {
   canRerank = info.can_rerank;
   $('info').textContent = info.count + ' images, model ' + info.fingerprint +
     (info.can_rerank ? '' : ' (no Slow re-ranker: Fast only)');
+  const run = fromAddress();
   if (!info.can_rerank) { $('slow').checked = false; $('slow').disabled = true; }
-  if (fromAddress()) search(false);
-  if (!info.can_rerank) $('slow').checked = false;
+  if (run) search(false);
 });
 </script></body></html>
 """.replace("__MAXQ__", str(MAX_QUERY_CHARS)).replace("__MAXK__", str(MAX_K)).replace("__MAXR__", str(MAX_RERANK))
@@ -184,7 +184,8 @@ def make_app(engine, *, max_batch: int | None = None, max_wait_ms: float = 2.0, 
     """The ASGI app for ``engine``: its Batcher (settings as ``batcher.Batcher``) starts with the app
     (warm-up first: /readyz says when it is done) and stops at shutdown."""
     settings = dict(max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout_s)
-    Batcher.check_settings(engine, **settings)
+    check_settings(engine.max_batch if max_batch is None else max_batch, max_wait_ms, queue_size, timeout_s,
+                   engine.max_batch)
     schemas = SchemaGenerator(BASE_SCHEMA)
 
     @contextlib.asynccontextmanager
@@ -218,7 +219,7 @@ def make_app(engine, *, max_batch: int | None = None, max_wait_ms: float = 2.0, 
                              "max_rerank": MAX_RERANK, "max_query_chars": MAX_QUERY_CHARS, "ready": b.ready.is_set(),
                              "batching": {"max_batch": b.max_batch, "max_wait_ms": 1e3 * b.max_wait_s,
                                           "queue_size": b.queue_size, "timeout_s": b.timeout_s},
-                             "stats": dict(b.stats), "queued": b.queued}, headers=NOSNIFF)
+                             "stats": b.snapshot()}, headers=NOSNIFF)
 
     async def search(request: Request):
         """

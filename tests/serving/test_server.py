@@ -373,3 +373,49 @@ def test_load_16_clients_on_loopback(base_url):
     assert errors == []
     assert all(c > 0 for c in counts)
 
+
+def test_bench_serve_measures_every_cell_and_checks_every_answer(serving_engine, serving_index, tmp_path, capsys):
+    from fastslow_jax.serving import bench
+    report = bench.serve(serving_index, clients=(1, 4), reranks=(0, 10), seconds=0.6, max_requests=400,
+                         overflow_queue=2, out=str(tmp_path), eng=serving_engine, progress=lambda m: None)
+    rows = report["rows"]
+    assert [(r["batching"], r["rerank"], r["clients"]) for r in rows[:8]] == [
+        (b, rr, c) for rr in (0, 10) for c in (1, 4) for b in (True, False)]
+    for r in rows:
+        assert r["ok"] > 0 and r["qps"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["mismatches"] == 0 and r["distinct_answers"] >= 1
+        assert r["hung"] == 0 and r["connection_errors"] == 0 and r["other_status"] == []
+        assert r["requests"] == r["ok"] + r["busy_503"]  # every request got an answer or a 503
+    for r in rows[:8]:
+        assert r["busy_503"] == 0
+        assert (r["mean_batch"] > 1) == (r["batching"] and r["clients"] == 4)
+    overflow = rows[8]
+    assert overflow["overflow"] and overflow["clients"] == 64 and overflow["queue_size"] == 2
+    assert overflow["busy_503"] > 0 and overflow["retry_after"] and overflow["busy_p99_ms"] < 1000
+    assert report["compiles_after_warm_up"] == 0 and "speedup_16_clients_rerank_10" not in report
+    assert json.load(open(tmp_path / "serve.json"))["rows"] == rows
+    out = capsys.readouterr().out
+    assert "q/s" in out and "compilations after warm-up: 0" in out
+
+
+def test_the_load_generator_only_targets_loopback():
+    from fastslow_jax.serving import loadgen
+    assert loadgen.check_loopback("127.0.0.1") == "127.0.0.1" and loadgen.check_loopback("::1") == "::1"
+    for host in ("10.0.0.1", "192.168.1.2", "8.8.8.8", "example.com"):
+        with pytest.raises(ValueError, match="only targets loopback"):
+            loadgen.check_loopback(host)
+
+
+def test_cli_serve_and_bench_serve_refuse_bad_arguments_in_one_sentence(serving_index):
+    from tests.conftest import run_cli
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    r = run_cli(["bench", "serve", serving_index, "--clients", "1,x"], env)
+    assert r.returncode == 1 and "fastslow: error: --clients '1,x' / --rerank '0,10': give comma-separated integers" in r.stderr
+    r = run_cli(["bench", "serve", serving_index, "--seconds", "600"], env)
+    assert r.returncode == 1 and "--seconds must be in (0, 60]" in r.stderr
+    for flag, value, message in (("--max-batch", "0", "the batch size (--max-batch) must be at least 1, got 0"),
+                                 ("--queue-size", "0", "the queue size (--queue-size) must be at least 1, got 0"),
+                                 ("--timeout", "-1", "the request timeout (--timeout) must be positive, got -1 s"),
+                                 ("--max-wait-ms", "-2", "the batch wait (--max-wait-ms) must be at least 0 ms")):
+        r = run_cli(["serve", serving_index, flag, value], env)
+        assert r.returncode == 1 and f"fastslow: error: {message}" in r.stderr, r.stderr

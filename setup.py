@@ -31,6 +31,11 @@ setup(
         "pillow>=11",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
+        # serving: the ASGI app, its server (httptools: uvicorn's fast HTTP parser), the OpenAPI docstrings
+        "starlette>=0.40",
+        "uvicorn>=0.30",
+        "httptools>=0.6",
+        "pyyaml>=6",
     ],
     extras_require={
         "test": ["pytest>=9", "pytest-timeout>=2.3", "selenium>=4.20", "av>=14", *OPENCLIPART],

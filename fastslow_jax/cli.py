@@ -4,8 +4,9 @@
   fastslow eval  --workdir DIR [--split test] [--output FILE.json] [--config.a.b=value ...]
   fastslow index --workdir DIR (--dataset NAME[:split] | --images DIR) --out INDEX [--visual-tokens] [--add]
   fastslow search INDEX "query" [--k 10] [--rerank K]
-  fastslow serve INDEX [--host 127.0.0.1 --port 8000]
+  fastslow serve INDEX [--host 127.0.0.1 --port 8000] [--max-batch 16 --max-wait-ms 2 --queue-size 64 --timeout 10]
   fastslow bench retrieval --workdir DIR [--sizes 1000,10000,100000,1000000] [--out bench]
+  fastslow bench serve INDEX [--clients 1,16,64] [--rerank 0,10] [--seconds 4] [--out bench]
   fastslow data build NAME[/config] [--manual-dir DIR] [--data-dir DIR] [--force]
 
 ``train`` resumes from the latest checkpoint in DIR when there is one. ``eval`` reads the run's saved
@@ -92,7 +93,7 @@ def _serving_parsers(sub) -> None:
     s.add_argument("--k", type=int, default=10, help="results to print (default 10)")
     s.add_argument("--rerank", type=int, default=0, help="re-rank the Fast top K with Slow (default 0: Fast only)")
     s.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
-    s.add_argument("--alpha", type=float, default=None, help="order re-ranked results by z(slow) + alpha * z(fast), z-scored over the K (default: the alpha the index stores for the nearest K, chosen on validation)")
+    s.add_argument("--alpha", type=float, default=None, help=ALPHA_HELP)
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     v = sub.add_parser("serve", help="serve a search page and a JSON API for an index",
@@ -101,7 +102,15 @@ def _serving_parsers(sub) -> None:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     v.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
-    v.add_argument("--alpha", type=float, default=None, help="order re-ranked results by z(slow) + alpha * z(fast), z-scored over the K (default: the alpha the index stores for the nearest K, chosen on validation)")
+    v.add_argument("--alpha", type=float, default=None, help=ALPHA_HELP)
+    v.add_argument("--max-batch", type=int, default=16,
+                   help="most queries computed together (default 16; 1 = no batching)")
+    v.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long a query waits for others to join its batch (default 2 ms)")
+    v.add_argument("--queue-size", type=int, default=64,
+                   help="most queries waiting; beyond, 503 with Retry-After (default 64)")
+    v.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds a query may take, queue included, before a 504 (default 10)")
 
     b = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print figures.")
     bsub = b.add_subparsers(dest="bench", required=True)
@@ -117,6 +126,24 @@ def _serving_parsers(sub) -> None:
     r.add_argument("--queries", type=int, default=1000, help="queries for the batched ANN/exact timings")
     r.add_argument("--slow-max", type=int, default=10000, help="largest N at which Slow exhaustive is measured")
     r.add_argument("--out", default="bench", help="directory for retrieval.json and retrieval.png")
+    sv = bsub.add_parser("serve", help="load test of the HTTP server on loopback: q/s and p50/p95/p99, batching on and off",
+                         description="Start the server on 127.0.0.1 (in this process) and drive it with a load generator "
+                                     "(its own process, keep-alive connections, bounded by --seconds and "
+                                     "--max-requests per cell): q/s and p50/p95/p99 latency for every combination of "
+                                     "--clients and --rerank, with batching on (--max-batch) and off (1), then 64 "
+                                     "clients against a queue of --overflow-queue (503s, nothing hung or lost). "
+                                     "Every answer is checked against the unbatched engine. Writes OUT/serve.json.")
+    sv.add_argument("index", help="index directory written by `fastslow index`")
+    sv.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
+    sv.add_argument("--clients", default="1,16,64", help="comma-separated concurrent client counts (default 1,16,64)")
+    sv.add_argument("--rerank", default="0,10", help="comma-separated re-ranking K (default 0,10)")
+    sv.add_argument("--seconds", type=float, default=4.0, help="length of each cell (default 4 s, at most 60)")
+    sv.add_argument("--max-requests", type=int, default=20000, help="most requests in each cell (default 20000)")
+    sv.add_argument("--max-batch", type=int, default=16, help="batch size with batching on (default 16)")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0, help="batch wait with batching on (default 2 ms)")
+    sv.add_argument("--queue-size", type=int, default=256, help="queue of the throughput cells (default 256)")
+    sv.add_argument("--overflow-queue", type=int, default=8, help="queue of the overflow run (default 8)")
+    sv.add_argument("--out", default="bench", help="directory for serve.json")
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,7 @@
-"""``fastslow bench retrieval``: time per query against gallery size N (a table, JSON and a PNG plot).
+"""``fastslow bench retrieval`` and ``fastslow bench serve``.
+
+``bench serve`` (``serve`` below) is a loopback load test of the HTTP server: see its docstring.
+``bench retrieval``: time per query against gallery size N (a table, JSON and a PNG plot).
 
 Rows per N (ms per query; batched = ``--queries`` queries at once, single = one query per call):
 
@@ -260,3 +263,205 @@ def plot(rows, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- serving load
+def _percentile(values, q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def _same_answer(got, want, atol_fast: float = 1e-4, atol_slow: float = 2e-3) -> bool:
+    """A served answer (loadgen.answer_key, rounded) against the unbatched engine's (exact)."""
+    if [g[0] for g in got] != [w[0] for w in want]:
+        return False
+    for g, w in zip(got, want):
+        if abs(g[1] - w[1]) > atol_fast or (g[2] is None) != (w[2] is None):
+            return False
+        if g[2] is not None and abs(g[2] - w[2]) > atol_slow:
+            return False
+    return True
+
+
+class _LoopbackServer:
+    """``server.make_app`` on uvicorn in a thread, bound to 127.0.0.1 on a free port, until closed."""
+
+    def __init__(self, eng, **settings):
+        import threading
+        import urllib.error
+        import urllib.request
+
+        from fastslow_jax.serving import server
+        self.app = server.make_app(eng, **settings)
+        sock = server.bind("127.0.0.1", 0)
+        self.port = sock.getsockname()[1]
+        self.server = server.make_server(self.app, graceful_s=10)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.perf_counter() + 600
+        while time.perf_counter() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=10) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        self.close()
+        raise RuntimeError("the benchmark's server did not become ready within 600 s")
+
+    @property
+    def batcher(self):
+        return self.app.state.batcher
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def _load(port: int, clients: int, seconds: float, max_requests: int, rerank: int) -> dict:
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "fastslow_jax.serving.loadgen", "--port", str(port), "--clients", str(clients),
+           "--seconds", str(seconds), "--max-requests", str(max_requests), "--rerank", str(rerank),
+           "--request-timeout", "30"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    if r.returncode != 0:
+        raise RuntimeError(f"the load generator failed: {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout)
+
+
+def serve(index: str, workdir: str | None = None, *, clients=(1, 16, 64), reranks=(0, 10), seconds: float = 4.0,
+          max_requests: int = 20000, max_batch: int = 16, max_wait_ms: float = 2.0, queue_size: int = 256,
+          overflow_queue: int = 8, out: str = "bench", eng=None,
+          progress=lambda m: print(f"[bench] {m}", flush=True)) -> dict:
+    """``fastslow bench serve``: QPS and latency percentiles of the HTTP server on loopback for every
+    (batching on / off, rerank, clients) cell, then an overflow run (64 clients, a queue of
+    ``overflow_queue``); every served answer is checked against the unbatched engine. Writes
+    ``out``/serve.json and prints a table. ``eng``: an already loaded SearchEngine of ``index``."""
+    from fastslow_jax.serving import engine
+
+    if seconds <= 0 or seconds > 60:
+        raise ValueError(f"--seconds must be in (0, 60] (each cell's bound), got {seconds}")
+    if not clients or min(clients) < 1 or max(clients) > 256:
+        raise ValueError(f"--clients must be counts between 1 and 256, got {clients}")
+    if not reranks or min(reranks) < 0 or max(reranks) > engine.MAX_RERANK:
+        raise ValueError(f"--rerank must be values between 0 and {engine.MAX_RERANK}, got {reranks}")
+    eng = eng or engine.SearchEngine(index, workdir, max_batch=max_batch)
+    if eng.max_batch < max_batch:
+        raise ValueError(f"the engine compiles batches of up to {eng.max_batch}, less than --max-batch {max_batch}")
+    if any(reranks) and not eng.can_rerank:
+        raise ValueError(f"{index}: its model has no Slow run, so --rerank must be 0")
+    compiles = [0]
+
+    def count_compiles(event, _secs, **_kw):
+        compiles[0] += event == "/jax/core/compile/backend_compile_duration"
+    jax.monitoring.register_event_duration_secs_listener(count_compiles)
+    try:
+        return _serve(eng, index, compiles, clients, reranks, seconds, max_requests, max_batch, max_wait_ms,
+                      queue_size, overflow_queue, out, progress)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count_compiles)
+
+
+def _serve(eng, index, compiles, clients, reranks, seconds, max_requests, max_batch, max_wait_ms, queue_size,
+           overflow_queue, out, progress) -> dict:
+    from fastslow_jax.serving import loadgen
+    threads = os.cpu_count()
+    t0 = time.perf_counter()
+    n_shapes = eng.warm_up()
+    warm_s = time.perf_counter() - t0
+    progress(f"index {index}: {len(eng.items)} images; compiled {n_shapes} shapes in {warm_s:.1f} s; {threads} CPU threads")
+    refs = {(q, rr): loadgen.answer_key(eng.search(q, 10, rr)) for q in loadgen.QUERIES for rr in reranks}
+    refs = {key: [[i, f, s] for i, f, s in v] for key, v in refs.items()}
+    after_warm = compiles[0]
+
+    def summarize(res: dict, batcher, before: dict, **cell) -> dict:
+        lat = np.asarray(res["latency_s"]) * 1e3
+        status = np.asarray(res["status"])
+        ok = lat[status == 200]
+        busy = lat[status == 503]
+        sizes = {b: n - before.get(b, 0) for b, n in batcher.batch_sizes.items() if n - before.get(b, 0)}
+        mismatches = sum(not _same_answer(a, refs[(q, res["rerank"])])
+                         for q, seen in res["answers"].items() for a in seen)
+        row = {**cell, "clients": res["clients"], "rerank": res["rerank"], "seconds": res["elapsed_s"],
+               "requests": int(len(status)), "ok": int(len(ok)), "qps": len(ok) / res["elapsed_s"],
+               "p50_ms": _percentile(ok, 50), "p95_ms": _percentile(ok, 95), "p99_ms": _percentile(ok, 99),
+               "max_ms": float(lat.max()) if len(lat) else None,
+               "busy_503": int(len(busy)), "busy_p99_ms": _percentile(busy, 99), "retry_after": res["retry_after"],
+               "other_status": sorted({int(s) for s in status if s not in (200, 503, 0, -1)}),
+               "hung": int((status == 0).sum()), "connection_errors": int((status == -1).sum()),
+               "mean_batch": (sum(b * n for b, n in sizes.items()) / sum(sizes.values())) if sizes else None,
+               "distinct_answers": sum(len(v) for v in res["answers"].values()), "mismatches": int(mismatches)}
+        progress(f"{'batching' if cell['batching'] else 'no batching'} (max {cell['max_batch']}, queue "
+                 f"{cell['queue_size']}) rerank {row['rerank']:>2} clients {row['clients']:>2}: {row['qps']:.0f} q/s, "
+                 f"p50 {row['p50_ms'] or 0:.1f} p99 {row['p99_ms'] or 0:.1f} ms, 503s {row['busy_503']}, hung "
+                 f"{row['hung']}, mismatches {row['mismatches']}")
+        return row
+
+    rows = []
+    # both servers up at once (one engine, its lock between them); the cells of a pair run back to back,
+    # so that batching on and off see the same machine (this CPU may be shared)
+    servers = {True: _LoopbackServer(eng, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size),
+               False: _LoopbackServer(eng, max_batch=1, max_wait_ms=0.0, queue_size=queue_size)}
+    try:
+        for rr in reranks:
+            for c in clients:
+                for batching in (True, False):
+                    srv = servers[batching]
+                    before = dict(srv.batcher.batch_sizes)
+                    res = _load(srv.port, c, seconds, max_requests, rr)
+                    rows.append(summarize(res, srv.batcher, before, batching=batching,
+                                          max_batch=max_batch if batching else 1, queue_size=queue_size, overflow=False))
+    finally:
+        for srv in servers.values():
+            srv.close()
+    srv = _LoopbackServer(eng, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=overflow_queue)
+    try:  # overflow: 64 clients against a small queue
+        before = dict(srv.batcher.batch_sizes)
+        res = _load(srv.port, 64, seconds, max_requests, max(reranks))
+        rows.append(summarize(res, srv.batcher, before, batching=True, max_batch=max_batch, queue_size=overflow_queue,
+                              overflow=True))
+    finally:
+        srv.close()
+    report = {"index": os.path.abspath(index), "images": len(eng.items), "threads": threads,
+              "warm_up_s": warm_s, "shapes": n_shapes, "compiles_after_warm_up": compiles[0] - after_warm,
+              "max_wait_ms": max_wait_ms, "rows": rows}
+    ratio = _speedup(rows, 16, 10)
+    if ratio is not None:
+        report["speedup_16_clients_rerank_10"] = ratio
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "serve.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    print(format_serve_table(report))
+    print(f"wrote {out}/serve.json")
+    return report
+
+
+def _speedup(rows, clients: int, rerank: int) -> float | None:
+    pick = {r["batching"]: r for r in rows if r["clients"] == clients and r["rerank"] == rerank and not r["overflow"]}
+    if True in pick and False in pick and pick[False]["qps"] > 0:
+        return pick[True]["qps"] / pick[False]["qps"]
+    return None
+
+
+def format_serve_table(report: dict) -> str:
+    head = ["batching", "queue", "rerank", "clients", "q/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "batch",
+            "503s", "503 p99 ms", "hung", "lost", "mismatch"]
+
+    def f(x, fmt="{:.1f}"):
+        return "-" if x is None else fmt.format(x)
+    table = [head] + [[f"on ({r['max_batch']})" if r["batching"] else "off", str(r["queue_size"]), str(r["rerank"]),
+                       str(r["clients"]), f(r["qps"], "{:.0f}"), f(r["p50_ms"]), f(r["p95_ms"]), f(r["p99_ms"]),
+                       f(r["max_ms"]), f(r["mean_batch"]), str(r["busy_503"]), f(r["busy_p99_ms"]), str(r["hung"]),
+                       str(r["connection_errors"] + len(r["other_status"])), str(r["mismatches"])]
+                      for r in report["rows"]]
+    widths = [max(len(x[i]) for x in table) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(x, widths)) for x in table]
+    notes = [f"loopback HTTP, k=10; {report['images']} images, {report['threads']} CPU threads; latencies of answered "
+             f"(200) requests; batch = mean queries per engine call; lost = connection errors and statuses other "
+             f"than 200/503; mismatch = answers differing from the unbatched engine's",
+             f"warm-up: {report['shapes']} shapes in {report['warm_up_s']:.1f} s; compilations after warm-up: "
+             f"{report['compiles_after_warm_up']}"]
+    if "speedup_16_clients_rerank_10" in report:
+        notes.append(f"16 clients, rerank 10: batching gives {report['speedup_16_clients_rerank_10']:.2f}x the q/s of no batching")
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], *notes])

@@ -42,17 +42,18 @@ def search(args) -> int:
 
 
 def serve(args) -> int:
-    from fastslow_jax.serving import engine, server
-    eng = engine.SearchEngine(args.index, args.workdir, alpha=args.alpha)
-    print(f"loaded {args.index}: {len(eng.items)} images; compiling ...", file=sys.stderr, flush=True)
-    eng.warm_up()
-    httpd = server.make_server(eng, args.host, args.port)
-    host, port = httpd.server_address[:2]
-    print(f"serving {args.index} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    try:
-        httpd.serve_forever()
-    finally:
-        httpd.server_close()
+    from fastslow_jax.serving import batcher, engine, server
+    batcher.check_settings(args.max_batch, args.max_wait_ms, args.queue_size, args.timeout)  # before loading
+    eng = engine.SearchEngine(args.index, args.workdir, alpha=args.alpha, max_batch=args.max_batch)
+    app = server.make_app(eng, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                          timeout_s=args.timeout)
+    sock = server.bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shapes = eng.compiled_shapes()
+    print(f"serving {args.index} ({len(eng.items)} images) on http://{host}:{port}/ (API: /docs); compiling "
+          f"{len(shapes['text_rows']) + len(shapes['slow'])} shapes first: /readyz answers 200 when done; "
+          f"Ctrl-C stops", flush=True)
+    server.make_server(app).run(sockets=[sock])
     return 0
 
 
@@ -63,4 +64,13 @@ def bench(args) -> int:
         if not sizes or min(sizes) < 100:
             raise ValueError(f"--sizes {args.sizes!r}: give comma-separated gallery sizes of at least 100")
         bench_lib.retrieval(args.workdir, sizes, queries=args.queries, slow_max=args.slow_max, out=args.out)
+    elif args.bench == "serve":
+        try:
+            clients = tuple(int(x) for x in args.clients.split(",") if x.strip())
+            reranks = tuple(int(x) for x in args.rerank.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"--clients {args.clients!r} / --rerank {args.rerank!r}: give comma-separated integers") from None
+        bench_lib.serve(args.index, args.workdir, clients=clients, reranks=reranks, seconds=args.seconds,
+                        max_requests=args.max_requests, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                        queue_size=args.queue_size, overflow_queue=args.overflow_queue, out=args.out)
     return 0

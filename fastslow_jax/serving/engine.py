@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +41,26 @@ from fastslow_jax.serving.ann import AnnIndex
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
-RERANK_BUCKETS = (10, 20, 50, 100)  # K is padded up to one of these: few compiled shapes
-MAX_RERANK = RERANK_BUCKETS[-1]
+RERANK_CHUNK = 10  # Slow scores a query's candidates in rows of this many (K padded up to a multiple)
+MAX_RERANK = 100
 MAX_K = 100
+ANN_K = max(MAX_K, MAX_RERANK)  # the ANN search always returns this many (fixed shapes; k is a prefix)
+DEFAULT_MAX_BATCH = 16
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """The row counts a batch of up to ``max_batch`` is padded to: powers of two, then ``max_batch``."""
+    if max_batch < 1:
+        raise ValueError(f"the batch size must be at least 1, got {max_batch}")
+    out = [1]
+    while out[-1] * 2 < max_batch:
+        out.append(out[-1] * 2)
+    return tuple(sorted(set(out + [int(max_batch)])))
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket holding ``n`` rows (``n`` itself above the largest)."""
+    return next((b for b in buckets if b >= n), n)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -321,10 +338,15 @@ def check_query(query: str, k: int, rerank: int) -> str:
 
 
 class SearchEngine:
-    """Loads an index and its model once; ``search`` answers one text query (thread-safe)."""
+    """Loads an index and its model once; ``search`` answers one text query, ``search_batch`` several
+    at once (thread-safe; every call pads to the fixed shapes that ``warm_up`` compiles)."""
 
     def __init__(self, index_dir: str, workdir: str | None = None, *, alpha: float | None = None, devices=None,
-                 models: Models | None = None):
+                 models: Models | None = None, max_batch: int = DEFAULT_MAX_BATCH):
+        self.max_batch = int(max_batch)
+        self.batch_buckets = batch_buckets(self.max_batch)
+        # Slow rows: up to max_batch queries, and one query's MAX_RERANK candidates, fit in one call
+        self.row_buckets = batch_buckets(max(self.max_batch, MAX_RERANK // RERANK_CHUNK))
         self.index_dir = os.path.abspath(index_dir)
         self.manifest = read_manifest(index_dir)
         workdir = workdir or self.manifest["model"]["workdir"]
@@ -384,62 +406,143 @@ class SearchEngine:
     def search(self, query: str, k: int = 10, rerank: int = 0) -> dict:
         """Top-k gallery items for ``query``; with ``rerank`` = K > 0 the Fast top K are re-ordered by
         ``combine_scores`` of Slow's and Fast's scores (z-scored over the K, alpha for K: ``alpha_for``) and
-        the rest keep their Fast order. Times are in milliseconds."""
-        query = self.check(query, int(k), int(rerank))
+        the rest keep their Fast order. Times are in milliseconds.
+
+        The unbatched path: ``search_batch`` of this one query (every shape padded to its bucket)."""
+        return self.search_batch([(query, k, rerank)])[0]
+
+    def search_batch(self, requests: Sequence[tuple[str, int, int]], queued_ms: Sequence[float] | None = None
+                     ) -> list[dict]:
+        """Answers (query, k, rerank) requests computed together: one text-tower call, one ANN search
+        and the Slow scoring of every request that re-ranks together (``_slow_scores``: candidates in
+        rows of RERANK_CHUNK, one call per token-length bucket present). Each answer equals ``search`` of its request alone
+        (up to float rounding). Up to ``max_batch`` requests per step; more are done in steps.
+        ``queued_ms``: per request, the time it waited before this call (reported in its timings)."""
+        requests = [(self.check(q, int(k), int(r)), int(k), int(r)) for q, k, r in requests]
+        queued_ms = list(queued_ms) if queued_ms is not None else [0.0] * len(requests)
+        if len(queued_ms) != len(requests):
+            raise ValueError(f"queued_ms has {len(queued_ms)} entries for {len(requests)} requests")
+        out = []
+        for s in range(0, len(requests), self.max_batch):
+            out += self._search_step(requests[s:s + self.max_batch], queued_ms[s:s + self.max_batch])
+        return out
+
+    def _search_step(self, requests, queued_ms) -> list[dict]:
+        n = len(requests)
+        queries = [q for q, _, _ in requests]
         with self.lock:
             t0 = time.perf_counter()
-            m = self.models
-            tokens = m.fast_run.tokenizer([query])
-            q = np.asarray(self._text_fn(m.fast_state["params"], m.fast_state["rest"], jnp.asarray(tokens)))
+            emb = self._embed_texts(queries)
             t1 = time.perf_counter()
-            ids, fast_scores = self.ann.search(q, max(k, rerank))
-            ids, fast_scores = ids[0], fast_scores[0]
+            ids, fast_scores = self._ann_search(emb)
             t2 = time.perf_counter()
-            slow_scores, alpha = None, None
-            n_rr = min(rerank, len(ids))
-            if n_rr:
-                slow_scores = self._slow_scores(query, ids[:n_rr])
-                alpha = self.alpha_for(n_rr)
-                combined = combine_scores(slow_scores, fast_scores[:n_rr], alpha, self.rerank["normalize"])
-                order = np.argsort(-combined, kind="stable")
-                ids = np.concatenate([ids[:n_rr][order], ids[n_rr:]])
-                fast_scores = np.concatenate([fast_scores[:n_rr][order], fast_scores[n_rr:]])
-                slow_scores = slow_scores[order]
+            n_rr = [min(r, ids.shape[1]) for _, _, r in requests]
+            slow_scores = self._slow_scores([(queries[i], ids[i, :n_rr[i]]) for i in range(n) if n_rr[i]])
             t3 = time.perf_counter()
-        results = []
-        for r, (i, fs) in enumerate(zip(ids[:k], fast_scores[:k])):
-            results.append({"rank": r + 1, "index": int(i), "id": self.items[int(i)]["id"],
-                            "fast_score": float(fs),
-                            "slow_score": float(slow_scores[r]) if slow_scores is not None and r < n_rr else None,
-                            "image": f"/image/{int(i)}"})
-        return {"query": query, "k": int(k), "rerank": n_rr, "alpha": alpha if n_rr else None,
+        answers, it = [], iter(slow_scores)
+        for i, (query, k, _) in enumerate(requests):
+            ids_i, fast_i, slow_i = ids[i], fast_scores[i], next(it) if n_rr[i] else None
+            if n_rr[i]:
+                ids_i, fast_i, slow_i = self._rerank(ids_i, fast_i, slow_i)
+            results = [{"rank": r + 1, "index": int(j), "id": self.items[int(j)]["id"], "fast_score": float(fs),
+                        "slow_score": float(slow_i[r]) if slow_i is not None and r < n_rr[i] else None,
+                        "image": f"/image/{int(j)}"}
+                       for r, (j, fs) in enumerate(zip(ids_i[:k], fast_i[:k]))]
+            answers.append({
+                "query": query, "k": k, "rerank": n_rr[i], "alpha": self.alpha_for(n_rr[i]) if n_rr[i] else None,
                 "results": results,
-                "timings_ms": {"embed": 1e3 * (t1 - t0), "ann": 1e3 * (t2 - t1), "slow": 1e3 * (t3 - t2),
-                               "total": 1e3 * (t3 - t0)},
-                "index_size": len(self.items)}
+                "timings_ms": {"queue": float(queued_ms[i]), "embed": 1e3 * (t1 - t0), "ann": 1e3 * (t2 - t1),
+                               "slow": 1e3 * (t3 - t2), "total": float(queued_ms[i]) + 1e3 * (t3 - t0)},
+                "batch": n, "index_size": len(self.items)})
+        return answers
 
-    def _slow_scores(self, query: str, cand: np.ndarray) -> np.ndarray:
-        """Slow scores of ``query`` against the candidates, in one jitted call of fixed shapes (K padded
-        up to a bucket of RERANK_BUCKETS, tokens up to a length bucket)."""
-        n = len(cand)
-        kb = next(b for b in RERANK_BUCKETS if b >= n)
-        padded = parallel.pad_rows(cand, kb)[None]
-        tokens = self.models.slow_run.tokenizer([query])
-        length = self.slow._bucket((tokens != 0).sum(), tokens.shape[1])
-        tokens = tokens[:, :length]
+    def _rerank(self, ids: np.ndarray, fast_scores: np.ndarray, slow_scores: np.ndarray):
+        """(ids, Fast scores, Slow scores) with the first len(slow_scores) candidates re-ordered by their
+        combined score, best first (stable); the rest keep their Fast order."""
+        n = len(slow_scores)
+        combined = combine_scores(slow_scores, fast_scores[:n], self.alpha_for(n), self.rerank["normalize"])
+        order = np.argsort(-combined, kind="stable")
+        return (np.concatenate([ids[:n][order], ids[n:]]), np.concatenate([fast_scores[:n][order], fast_scores[n:]]),
+                slow_scores[order])
+
+    # ----------------------------------------------------------------------------- fixed-shape stages
+    def _embed_texts(self, queries: Sequence[str]) -> np.ndarray:
+        """Fast text embeddings [n, E]: one call, rows padded to a batch bucket."""
+        m = self.models
+        tokens = parallel.pad_rows(m.fast_run.tokenizer(list(queries)), bucket(len(queries), self.batch_buckets))
+        return np.asarray(self._text_fn(m.fast_state["params"], m.fast_state["rest"], jnp.asarray(tokens)))[:len(queries)]
+
+    def _ann_search(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ANN top ANN_K (ids, scores) of each row: one search, rows padded to a batch bucket (the delta
+        segment's exact search is jitted per row count); a smaller k is a prefix of it."""
+        n = len(emb)
+        ids, scores = self.ann.search(parallel.pad_rows(emb, bucket(n, self.batch_buckets)), ANN_K)
+        return ids[:n], scores[:n]
+
+    def _slow_scores(self, pairs: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        """Slow scores of each (query, candidates) pair, in jitted calls of fixed shapes: one call per
+        token-length bucket present (a short query does not pay for a long one's padding; one call when
+        all are alike). Each query's candidates are cut into rows of RERANK_CHUNK (the last one padded by
+        repeating its first candidate), each row carrying its query's tokens, and the rows are padded to
+        a row bucket (more rows than the largest bucket: several calls)."""
+        if not pairs:
+            return []
+        tokens = self.models.slow_run.tokenizer([q for q, _ in pairs])
+        lengths = [self.slow._bucket(n, tokens.shape[1]) for n in (tokens != 0).sum(1)]
+        out: list[list[np.ndarray]] = [[] for _ in pairs]
+        for length in sorted(set(lengths)):
+            row_tok, row_cand, owner = [], [], []
+            for i, (_, cand) in enumerate(pairs):
+                if lengths[i] != length:
+                    continue
+                for s in range(0, len(cand), RERANK_CHUNK):
+                    row_tok.append(tokens[i, :length])
+                    row_cand.append(parallel.pad_rows(np.asarray(cand[s:s + RERANK_CHUNK]), RERANK_CHUNK))
+                    owner.append(i)
+            for row, i in zip(self._score_rows(np.stack(row_tok), np.stack(row_cand)), owner):
+                out[i].append(row)
+        return [np.concatenate(rows)[:len(cand)] for rows, (_, cand) in zip(out, pairs)]
+
+    def _score_rows(self, tokens: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """Slow scores [R, RERANK_CHUNK] of token rows [R, L] against candidate rows [R, RERANK_CHUNK]."""
         st = self.models.slow_state
-        if self.cache is not None:
-            out = self.slow.score_candidates(st, tokens, padded, cache=self.cache)
-        else:
-            imgs = np.stack([load_image(self.image_path(int(i)), self.shape) for i in padded[0]])[None]
-            out = self.slow.score_candidates(st, tokens, padded, images=imgs)
-        return np.asarray(out)[0, :n]
+        top = self.row_buckets[-1]
+        out = []
+        for s in range(0, len(tokens), top):
+            tok, cnd = tokens[s:s + top], cand[s:s + top]
+            rb = bucket(len(tok), self.row_buckets)
+            tok, cnd = parallel.pad_rows(tok, rb), parallel.pad_rows(cnd, rb)
+            if self.cache is not None:
+                res = self.slow.score_candidates(st, tok, cnd, cache=self.cache)
+            else:
+                imgs = {int(j): load_image(self.image_path(int(j)), self.shape) for j in np.unique(cnd)}
+                res = self.slow.score_candidates(st, tok, cnd, images=np.stack([[imgs[int(j)] for j in row]
+                                                                               for row in cnd]))
+            out.append(np.asarray(res)[:len(tokens[s:s + top])])
+        return np.concatenate(out)
 
-    def warm_up(self, k: int = 10, rerank: int = 10) -> None:
-        """Compile the common shapes (every query length bucket) before the first real query."""
-        max_len = self.models.fast_run.tokenizer.max_len
-        for words in range(1, max_len, 16):
-            query = " ".join(["a"] * words)
-            self.search(query, k, 0)
-            if self.can_rerank:
-                self.search(query, k, min(rerank, len(self.items)))
+    def compiled_shapes(self) -> dict[str, list]:
+        """Every input shape the search path can produce (what ``warm_up`` compiles)."""
+        shapes = {"text_rows": list(self.batch_buckets), "ann_rows": list(self.batch_buckets), "slow": []}
+        if self.can_rerank:
+            max_len = self.models.slow_run.tokenizer.max_len
+            lengths = sorted({self.slow._bucket(n, max_len) for n in range(1, max_len + 1)})
+            shapes["slow"] = [(r, length) for r in self.row_buckets for length in lengths]
+        return shapes
+
+    def warm_up(self, progress=None) -> int:
+        """Compile every shape of ``compiled_shapes`` (batch buckets of the text tower and the ANN search;
+        row buckets x token-length buckets of Slow), so that no query compiles afterwards.
+        ``progress(done, total)`` after each shape. Returns the number of shapes run."""
+        shapes = self.compiled_shapes()
+        steps = [("text", rows) for rows in shapes["text_rows"]] + [("slow", rl) for rl in shapes["slow"]]
+        with self.lock:
+            for done, (kind, arg) in enumerate(steps, 1):
+                if kind == "text":
+                    self._ann_search(self._embed_texts(["a"] * arg))
+                else:
+                    rows, length = arg
+                    self._score_rows(np.ones((rows, length), np.int32), np.zeros((rows, RERANK_CHUNK), np.int64))
+                if progress:
+                    progress(done, len(steps))
+        return len(steps)

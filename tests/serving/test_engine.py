@@ -173,3 +173,60 @@ def test_rerank_alpha_is_stored_per_k_and_serving_uses_the_one_for_its_k(serving
     assert not os.path.exists(os.path.join(models.workdir, "eval.json"))
     assert serving_engine.manifest["rerank"] == {"normalize": "zscore", "alpha": {}}
     assert serving_engine.alpha_for(10) == 0.0
+
+
+def test_batched_search_equals_the_unbatched_path_and_compiles_nothing_after_warm_up(serving_engine):
+    import jax
+    eng = serving_engine
+    compiles = []
+
+    def listener(event, _secs, **_kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        _check_batched_against_alone(eng, compiles)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _check_batched_against_alone(eng, compiles):
+    shapes = eng.compiled_shapes()
+    assert shapes["text_rows"] == [1, 2, 4, 8, 16] and len(shapes["slow"]) == 5 * 4  # row buckets x length buckets
+    assert eng.warm_up() == 25
+    compiled = len(compiles)
+    # mixed lengths (two token-length buckets), k, and rerank K (0, partial rows of 10, several rows, all 64 items)
+    long_query = "a small red circle to the left of a large blue square and a green triangle below a yellow diamond"
+    queries = ["a small red circle", long_query, "two yellow diamonds", "a purple circle in the bottom left corner"]
+    requests = [(queries[i % 4], [10, 5, 12, 3][i % 4], [10, 0, 20, 7, 64, 100][i % 6]) for i in range(16)]
+    batched = eng.search_batch(requests, queued_ms=[float(i) for i in range(16)])
+    assert len(compiles) == compiled  # every shape was compiled by the warm-up
+    alone = [eng.search(*r) for r in requests]
+    assert len(compiles) == compiled
+    for req, a, b in zip(requests, alone, batched):
+        assert (b["query"], b["k"], b["rerank"]) == (a["query"], a["k"], min(req[2], 64))
+        assert [r["index"] for r in b["results"]] == [r["index"] for r in a["results"]], req
+        np.testing.assert_allclose([r["fast_score"] for r in b["results"]], [r["fast_score"] for r in a["results"]],
+                                   rtol=1e-5, atol=1e-5)
+        n = b["rerank"]
+        assert all(r["slow_score"] is not None for r in b["results"][:n])
+        assert all(r["slow_score"] is None for r in b["results"][n:])
+        np.testing.assert_allclose([r["slow_score"] for r in b["results"][:n]],
+                                   [r["slow_score"] for r in a["results"][:n]], rtol=1e-5, atol=1e-4)
+        assert b["batch"] == 16 and a["batch"] == 1
+    assert [b["timings_ms"]["queue"] for b in batched] == [float(i) for i in range(16)]
+    assert all(a["timings_ms"]["queue"] == 0.0 for a in alone)
+    # more requests than max_batch are answered in steps, in order
+    many = eng.search_batch([("a small red circle", 3, 0)] * 20)
+    assert len(many) == 20 and {m["batch"] for m in many} == {16, 4}
+    with pytest.raises(engine.QueryError, match="k must be"):
+        eng.search_batch([("ok", 10, 0), ("ok", 0, 0)])
+
+
+def test_batch_buckets():
+    assert engine.batch_buckets(1) == (1,)
+    assert engine.batch_buckets(16) == (1, 2, 4, 8, 16)
+    assert engine.batch_buckets(12) == (1, 2, 4, 8, 12)
+    assert engine.bucket(5, (1, 2, 4, 8)) == 8 and engine.bucket(9, (1, 2, 4, 8)) == 9
+    with pytest.raises(ValueError, match="at least 1"):
+        engine.batch_buckets(0)

@@ -67,6 +67,10 @@ def _data_parsers(sub) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even if the dataset is already built")
 
 
+ALPHA_HELP = ("order re-ranked results by z(slow) + alpha * z(fast), each z-scored over the K (default: the alpha "
+              "the index stores for the nearest K, chosen on validation)")
+
+
 def _serving_parsers(sub) -> None:
     i = sub.add_parser("index", help="embed a gallery with the Fast tower and build (or add to) a ScaNN index",
                        description="Embed a gallery (a dataset split or a folder of images) with the Fast image "

@@ -2,8 +2,8 @@
 
 Image tower: backbone -> global average pool of C5 (or of each of ``model.pool_levels``, at the input size
 and at each of ``model.pool_sizes``, concatenated; or the backbone's own ``pooled``, e.g. CLIP's CLS token;
-then over time too for video clips) -> [LayerNorm] -> [dropout in training] -> linear (+ a residual MLP: ``model.image_head="mlp"``)
--> L2.
+then over time too for video clips) -> [LayerNorm] -> [dropout in training] -> linear (+ a residual MLP:
+``model.image_head="mlp"``) -> L2.
 Text tower: transformer encoder -> masked mean pool (CLIP: the end-of-text token) -> linear -> L2.
 ``model.vision.pretrained`` / ``model.text.pretrained`` initialise the towers (``weights.load_pretrained``);
 ``model.freeze_vision`` / ``model.freeze_text`` lock a tower (LiT: the optimizer skips it, and a locked

@@ -425,7 +425,7 @@ def evaluate_pipeline(runs: dict, split_name: str | None = None, progress=print)
     any_run = next(iter(runs.values()))[0]
     split_name = split_name or any_run.config.data.test_split
     rows: list[dict] = []
-    fast_like = {}  # method -> (scorer, state, test scores [Q, N], gallery embeddings [N, E])
+    scored = {}  # method -> (scorer, state, test scores [Q, N], gallery embeddings [N, E])
     split = load_split(any_run.config, split_name)
     for name, method in (("baseline", "baseline"), ("fast", "fast"), ("distill", "fast_distilled")):
         if name in runs:
@@ -434,11 +434,11 @@ def evaluate_pipeline(runs: dict, split_name: str | None = None, progress=print)
             row, scores, gallery = scorer.evaluate(state, split, method)
             rows.append(row)
             progress(f"{method}: t2i R@1 {row['t2i_r1']:.1f}")
-            fast_like[method] = (scorer, state, scores, gallery)
-    baseline = fast_like.pop("baseline", None)  # a row of its own (and on the whole split); not re-ranked
+            scored[method] = (scorer, state, scores, gallery)
+    fast_like = {m: v for m, v in scored.items() if m != "baseline"}  # the baseline is a row of its own: not re-ranked
     full = _full_split(any_run.config, split_name, split) if any_run.config.eval.get("fast_full_split") else None
     if full is not None:  # the cheap Fast rows again on every image and caption of the split (less noise)
-        for method, (scorer, state, _, _) in ([("baseline", baseline)] if baseline else []) + list(fast_like.items()):
+        for method, (scorer, state, _, _) in scored.items():
             row = scorer.evaluate(state, full, method)[0]
             rows.append(row)
             progress(f"{method} (whole split, {row['gallery']} images, {row['queries']} queries): "

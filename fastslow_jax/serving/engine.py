@@ -415,8 +415,8 @@ class SearchEngine:
                      ) -> list[dict]:
         """Answers (query, k, rerank) requests computed together: one text-tower call, one ANN search
         and the Slow scoring of every request that re-ranks together (``_slow_scores``: candidates in
-        rows of RERANK_CHUNK, one call per token-length bucket present). Each answer equals ``search`` of its request alone
-        (up to float rounding). Up to ``max_batch`` requests per step; more are done in steps.
+        rows of RERANK_CHUNK, one call per token-length bucket present). Each answer equals ``search`` of
+        its request alone (up to float rounding). Up to ``max_batch`` requests per step; more are done in steps.
         ``queued_ms``: per request, the time it waited before this call (reported in its timings)."""
         requests = [(self.check(q, int(k), int(r)), int(k), int(r)) for q, k, r in requests]
         queued_ms = list(queued_ms) if queued_ms is not None else [0.0] * len(requests)
@@ -470,7 +470,8 @@ class SearchEngine:
         """Fast text embeddings [n, E]: one call, rows padded to a batch bucket."""
         m = self.models
         tokens = parallel.pad_rows(m.fast_run.tokenizer(list(queries)), bucket(len(queries), self.batch_buckets))
-        return np.asarray(self._text_fn(m.fast_state["params"], m.fast_state["rest"], jnp.asarray(tokens)))[:len(queries)]
+        emb = self._text_fn(m.fast_state["params"], m.fast_state["rest"], jnp.asarray(tokens))
+        return np.asarray(emb)[:len(queries)]
 
     def _ann_search(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ANN top ANN_K (ids, scores) of each row: one search, rows padded to a batch bucket (the delta

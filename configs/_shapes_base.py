@@ -113,7 +113,11 @@ def fast_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.model.image_feature_norm = "none"  # none | layernorm (over the pooled feature, before the head)
     c.model.feature_dropout = 0.0  # dropout on the pooled image feature in training
     c.model.image_head = "linear"  # linear | mlp (linear + a residual 2-layer MLP of head_hidden units)
-    c.model.head_hidden = 1024
+    c.model.head_hidden = 1024  # hidden units of an mlp head (image_head, text_head)
+    # the pooled text feature: the masked mean of the last layer (()), or of each listed layer (0 = the
+    # embeddings), concatenated
+    c.model.text_pool_layers = ()
+    c.model.text_head = "linear"  # linear | mlp (as image_head)
     c.model.text = ml_collections.ConfigDict()
     c.model.text.name = "bert"  # bert (BERT-family encoder, mean pooled); clip is refused (WordPiece tokenizer only)
     # initial weights: "" = random; a Hugging Face checkpoint dir (config.json + model.safetensors; a
@@ -146,6 +150,7 @@ def slow_model(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.model.slow.mlp_dim = 64 if tiny else 128
     c.model.slow.max_len = 64
     c.model.slow.dropout = 0.0
+    c.model.slow.token_dropout = 0.0  # training: each caption input token after the first hidden with this probability
     c.model.slow.max_frames = 8
     # pyramid level attended by each decoder layer: fine-grained coarse-to-fine; (P5, P5, P5) = last map only
     c.model.slow.levels = ("P5", "P4", "P3")

@@ -4,10 +4,12 @@ Data first (npm, once): bash launch/fetch_emoji.sh data/emoji ; it is built on f
 Run:
   fastslow train --config configs/emoji_fast.py --workdir runs/emoji/fast_init
 The whole benchmark (Fast, Slow, distilled Fast, re-ranking; one eval.json table): bash launch/emoji.sh
-What it trains: the two projections and the temperature on top of the locked towers (LiT with the text
-tower locked too), images upsampled to the backbone's 224 px, multi-positive InfoNCE (same caption text or
-same image = positives), the CLDR label half of the time. The image feature is the mean of C5, C4 and C3 at
-224 px and again at 128 px, concatenated (model.pool_levels / model.pool_sizes), with dropout 0.3 in training.
+What it trains: the two heads and the temperature on top of the locked towers (LiT with the text tower
+locked too), images upsampled to the backbone's 224 px, multi-positive InfoNCE (same caption text or same
+image = positives), on the CLDR labels. The image feature is the mean of C5, C4 and C3 at 224 px and again at
+128 px, concatenated (model.pool_levels / model.pool_sizes), with dropout 0.3 in training, under a linear
+head; the text feature is MiniLM's layers 2, 4 and 6 mean-pooled and concatenated (model.text_pool_layers),
+under a linear head plus a residual MLP (model.text_head=mlp).
 Both towers' features are computed once and cached (model.freeze_vision / model.freeze_text), so a step costs
 a pair of matmuls. Why locked: fully fine-tuning both towers on ~6k images at 64 px scored test R@1 9.8 (the
 previous default); tuning MiniLM's top layer over cached lower layers cost 19 min for 500 steps at batch 128

@@ -4,7 +4,8 @@ Image tower: backbone -> global average pool of C5 (or of each of ``model.pool_l
 and at each of ``model.pool_sizes``, concatenated; or the backbone's own ``pooled``, e.g. CLIP's CLS token;
 then over time too for video clips) -> [LayerNorm] -> [dropout in training] -> linear (+ a residual MLP:
 ``model.image_head="mlp"``) -> L2.
-Text tower: transformer encoder -> masked mean pool (CLIP: the end-of-text token) -> linear -> L2.
+Text tower: transformer encoder -> masked mean pool of the last layer (or of each of ``model.text_pool_layers``,
+concatenated; CLIP: the end-of-text token) -> linear (+ a residual MLP: ``model.text_head="mlp"``) -> L2.
 ``model.vision.pretrained`` / ``model.text.pretrained`` initialise the towers (``weights.load_pretrained``);
 ``model.freeze_vision`` / ``model.freeze_text`` lock a tower (LiT: the optimizer skips it, and a locked
 image tower keeps its BatchNorm statistics and is computed once per training image). A learnable temperature
@@ -58,11 +59,25 @@ class FastModel(nnx.Module):
         if head not in ("linear", "mlp"):
             raise ValueError(f"model.image_head must be 'linear' or 'mlp', got {head!r}")
         hidden = int(cfg.get("head_hidden", 1024))
-        self.image_mlp = nnx.Sequential(
-            layers.dense(feature_dim, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype), nnx.gelu,
-            layers.dense(hidden, cfg.embed_dim, ("mlp", None), rngs=rngs, dtype=dtype,
-                         kernel_init=nnx.initializers.zeros_init())) if head == "mlp" else None
-        self.text_proj = layers.dense(self.text.width, cfg.embed_dim, ("embed", None), rngs=rngs, dtype=dtype)
+        self.image_mlp = _residual_mlp(feature_dim, hidden, cfg.embed_dim, dtype, rngs) if head == "mlp" else None
+        # the pooled text feature: the masked mean of the last layer's states, or of each layer in text_pool_layers
+        # (0 = the embeddings), concatenated
+        self.text_pool_layers = tuple(int(i) for i in cfg.get("text_pool_layers", ()))
+        if self.text_pool_layers and hasattr(self.text, "pooled"):
+            raise ValueError(f"model.text_pool_layers must be empty with the {cfg.text.get('name', 'bert')} text "
+                             f"tower (it pools its end-of-text token), got {list(self.text_pool_layers)}")
+        if self.text_pool_layers:
+            depth = len(self.text.layers)
+            if any(not 0 <= i <= depth for i in self.text_pool_layers):
+                raise ValueError(f"model.text_pool_layers {list(self.text_pool_layers)}: the text tower has layers "
+                                 f"0..{depth} (0 = the embeddings)")
+        text_dim = self.text.width * max(1, len(self.text_pool_layers))
+        self.text_feature_dim = text_dim
+        self.text_proj = layers.dense(text_dim, cfg.embed_dim, ("embed", None), rngs=rngs, dtype=dtype)
+        text_head = cfg.get("text_head", "linear")
+        if text_head not in ("linear", "mlp"):
+            raise ValueError(f"model.text_head must be 'linear' or 'mlp', got {text_head!r}")
+        self.text_mlp = _residual_mlp(text_dim, hidden, cfg.embed_dim, dtype, rngs) if text_head == "mlp" else None
         self.logit_scale = nnx.Param(jnp.asarray(math.log(1.0 / cfg.temperature), jnp.float32), out_sharding=())
         self.max_logit_scale = math.log(100.0)
         # a locked image tower (LiT) keeps its BatchNorm statistics: it always runs in inference mode
@@ -107,15 +122,22 @@ class FastModel(nnx.Module):
         return self.embed_image_features(self.image_features(images, train=train), train=train, rngs=rngs)
 
     def text_features(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """[B, L] token ids (0 = padding) -> [B, width] pooled text states (before the projection)."""
+        """[B, L] token ids (0 = padding) -> [B, D] pooled text states (before the projection): what a locked
+        text tower's cache holds."""
+        if self.text_pool_layers:
+            states = self.text.layer_states(tokens, self.text_pool_layers, deterministic=not train, rngs=rngs)
+            return jnp.concatenate([layers.masked_mean(x, tokens != 0) for x in states], axis=-1)
         states = self.text(tokens, deterministic=not train, rngs=rngs)
         if hasattr(self.text, "pooled"):  # CLIP: the end-of-text token's state
             return self.text.pooled(tokens, states)
         return layers.masked_mean(states, tokens != 0)
 
     def embed_text_features(self, pooled: jax.Array) -> jax.Array:
-        """[B, width] pooled text states -> [B, E] unit vectors (float32)."""
-        return layers.l2_normalize(self.text_proj(pooled)).astype(jnp.float32)
+        """[B, D] pooled text states -> [B, E] unit vectors (float32)."""
+        y = self.text_proj(pooled)
+        if self.text_mlp is not None:
+            y = y + self.text_mlp(pooled)
+        return layers.l2_normalize(y).astype(jnp.float32)
 
     def encode_text(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
         """[B, L] token ids (0 = padding) -> [B, E] unit vectors (float32)."""
@@ -124,3 +146,11 @@ class FastModel(nnx.Module):
     def scale(self) -> jax.Array:
         """exp(logit_scale), clipped at 100 as in CLIP."""
         return jnp.exp(jnp.minimum(self.logit_scale[...], self.max_logit_scale))
+
+
+def _residual_mlp(d_in: int, hidden: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.Sequential:
+    """A two-layer GELU MLP added next to a head's linear projection; its output layer is zero-initialised,
+    so at step 0 the head is the linear one."""
+    return nnx.Sequential(
+        layers.dense(d_in, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype), nnx.gelu,
+        layers.dense(hidden, d_out, ("mlp", None), rngs=rngs, dtype=dtype, kernel_init=nnx.initializers.zeros_init()))

@@ -165,6 +165,9 @@ class SlowModel(nnx.Module):
             raise ValueError(f"model.slow.levels must list one of {LEVELS} per decoder layer, got {tuple(scfg.levels)}")
         self.levels = tuple(scfg.levels)
         self.width = scfg.width
+        self.token_dropout = float(scfg.get("token_dropout", 0.0))
+        if not 0.0 <= self.token_dropout < 1.0:
+            raise ValueError(f"model.slow.token_dropout must be in [0, 1), got {self.token_dropout}")
         self.vision_locked = bool(cfg.get("freeze_vision", False))  # a locked backbone keeps its BatchNorm stats
         self.vision = build_backbone(cfg.vision, dtype=dtype, rngs=rngs)
         if set(self.vision.channels) != {"C3", "C4", "C5"}:
@@ -262,10 +265,19 @@ class SlowModel(nnx.Module):
                       rngs: nnx.Rngs | None = None) -> jax.Array:
         """The last decoder layer's states [..., T, width] for input tokens [..., T] (causal, padding masked)."""
         length = inputs.shape[-1]
+        keep = None
+        if not deterministic and rngs is not None and self.token_dropout > 0:
+            # each input token after the first is hidden with probability token_dropout: its word embedding is
+            # zeroed (its position stays), so the decoder must read the image rather than the caption's prefix
+            keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.token_dropout, inputs.shape)
+            keep = keep | (jnp.arange(length) == 0)
         if self.pretrained:
-            x = self.token_embed(inputs, deterministic=deterministic, rngs=rngs)
+            x = self.token_embed(inputs, deterministic=deterministic, rngs=rngs, keep=keep)
         else:
-            x = self.embed_norm(self.token_embed(inputs) + dec.position(jnp.arange(length)))
+            words = self.token_embed(inputs)
+            if keep is not None:
+                words = jnp.where(keep[..., None], words, 0.0).astype(words.dtype)
+            x = self.embed_norm(words + dec.position(jnp.arange(length)))
         causal = jnp.tril(jnp.ones((length, length), bool))
         mask = causal & (inputs != self.pad_id)[..., None, None, :]
         for layer, layer_kv in zip(dec.layers, kv):

@@ -29,12 +29,17 @@ class Embeddings(nnx.Module):
         self.dropout = nnx.Dropout(dropout)
         self.max_len = max_len
 
-    def __call__(self, tokens: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+    def __call__(self, tokens: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None,
+                 keep: jax.Array | None = None):
+        """``keep`` (bool, like ``tokens``): where False, the word embedding is left out (position and type stay)."""
         length = tokens.shape[-1]
         if length > self.max_len:
             raise ValueError(f"text of {length} tokens is longer than the encoder's max_len {self.max_len}")
         positions = jnp.arange(length)
-        x = self.word(tokens) + self.position(positions)[None] + self.token_type(jnp.zeros_like(tokens))
+        words = self.word(tokens)
+        if keep is not None:
+            words = jnp.where(keep[..., None], words, 0.0).astype(words.dtype)
+        x = words + self.position(positions)[None] + self.token_type(jnp.zeros_like(tokens))
         return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
 
 
@@ -55,11 +60,23 @@ class TextEncoder(nnx.Module):
         ])
 
     def __call__(self, tokens: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        return self.layer_states(tokens, (len(self.layers),), deterministic=deterministic, rngs=rngs)[0]
+
+    def layer_states(self, tokens: jax.Array, which: tuple[int, ...], *, deterministic: bool = True,
+                     rngs: nnx.Rngs | None = None) -> list[jax.Array]:
+        """The [B, L, width] states after each layer index in ``which`` (0 = the embeddings, depth = the last
+        layer); the layers above the highest one asked for are not run."""
+        bad = [i for i in which if not 0 <= i <= len(self.layers)]
+        if bad or not which:
+            raise ValueError(f"text layer indices must be in 0..{len(self.layers)} (0 = the embeddings), "
+                             f"got {list(which)}")
         mask = layers.padding_mask(tokens, self.pad_id)
         x = self.embeddings(tokens, deterministic=deterministic, rngs=rngs)
-        for layer in self.layers:
+        states = {0: x}
+        for i, layer in enumerate(self.layers[:max(which)], start=1):
             x = layer(x, mask=mask, deterministic=deterministic, rngs=rngs)
-        return x
+            states[i] = x
+        return [states[i] for i in which]
 
 
 TEXT_TOWERS = ("bert", "clip")

@@ -121,8 +121,9 @@ class LockedTowerFeatures:
             self.image = self._cached("image", key, split.num_images,
                                       lambda: scorer.embed_images(state, split, features=True, progress=progress))
         if config.model.get("freeze_text", False):
+            pool = {"pool": list(fast.text_pool_layers)} if fast.text_pool_layers else {}  # default: no key
             key = _fingerprint(dict(ident, captions=len(split.captions), tokenizer=config.data.tokenizer,
-                                    max_len=config.data.max_len, text=config.model.text.to_dict()), fast.text)
+                                    max_len=config.data.max_len, text=config.model.text.to_dict(), **pool), fast.text)
             def text_features():  # each distinct caption once (labels and keywords repeat across images)
                 unique, inverse = np.unique(np.asarray(split.captions, dtype=object).astype(str), return_inverse=True)
                 return scorer.embed_texts(state, list(unique), features=True)[inverse]

@@ -166,3 +166,47 @@ def test_feature_dropout_only_in_training():
     keep = np.asarray(nnx.Dropout(0.5)(feats, deterministic=False, rngs=nnx.Rngs(dropout=3))) > 0
     assert 0.3 < keep.mean() < 0.7
     np.testing.assert_allclose(dropped, layers.l2_normalize(model.image_proj(jnp.asarray(keep * 2.0))), atol=1e-5)
+
+
+def test_text_feature_of_several_layers_and_mlp_head():
+    cfg = tiny_config()
+    base = FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))
+    cfg.model.text_pool_layers = (0, 1)
+    cfg.model.text_head = "mlp"
+    cfg.model.head_hidden = 16
+    model = FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))  # same seed: the same text tower
+    tokens = jnp.asarray([[2, 10, 11, 3, 0, 0], [2, 12, 13, 14, 15, 3]])
+    valid = np.asarray(tokens) != 0
+    w = model.text.width
+    assert model.text_feature_dim == 2 * w and model.text_proj.kernel.shape[0] == 2 * w
+    # by hand: the embeddings, then the first layer under the padding mask, each mean-pooled over real tokens
+    emb = model.text.embeddings(tokens)
+    first = model.text.layers[0](emb, mask=layers.padding_mask(tokens, 0))
+    pool = lambda x: (np.asarray(x) * valid[..., None]).sum(1) / valid.sum(1, keepdims=True)
+    got = np.asarray(model.text_features(tokens))
+    np.testing.assert_allclose(got[:, :w], pool(emb), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[:, w:], pool(first), rtol=1e-5, atol=1e-6)
+    # the default is the last layer's mean, as before
+    np.testing.assert_allclose(np.asarray(base.text_features(tokens)),
+                               pool(base.text(tokens)), rtol=1e-5, atol=1e-6)
+    # the MLP head starts as the linear one; once its output layer moves, it is the residual sum
+    feats = jnp.asarray(got)
+    np.testing.assert_allclose(model.embed_text_features(feats), layers.l2_normalize(model.text_proj(feats)), atol=1e-6)
+    out = model.text_mlp.layers[2]
+    out.kernel[...] = jax.random.normal(jax.random.key(1), out.kernel.shape)
+    hidden = jax.nn.gelu(model.text_mlp.layers[0](feats))
+    want = layers.l2_normalize(model.text_proj(feats) + hidden @ out.kernel[...] + out.bias[...])
+    np.testing.assert_allclose(model.embed_text_features(feats), want, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_text_pool_layers_or_head_is_a_clear_error():
+    cfg = tiny_config()
+    depth = cfg.model.text.depth
+    cfg.model.text_pool_layers = (1, depth + 1)
+    with pytest.raises(ValueError, match=rf"model.text_pool_layers \[1, {depth + 1}\]: the text tower has layers "
+                                         rf"0..{depth}"):
+        FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))
+    cfg = tiny_config()
+    cfg.model.text_head = "deep"
+    with pytest.raises(ValueError, match="model.text_head must be 'linear' or 'mlp'"):
+        FastModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))

@@ -164,3 +164,23 @@ def test_output_vocab_train_without_resolved_ids_is_a_clear_error():
     cfg = tiny_config("shapes_slow.py", overrides=["model.slow.output_vocab=train"])
     with pytest.raises(ValueError, match="output_ids"):
         SlowModel(cfg.model, vocab_size=131, rngs=nnx.Rngs(0))
+
+
+def test_token_dropout_hides_input_words_in_training_only():
+    model = _model()
+    cache = model.visual_cache(IMAGES)["fwd"]
+    inputs = TOKENS[:, :-1]
+    want_eval = np.asarray(model.hidden_states(model.fwd, inputs, cache))
+    model.token_dropout = 0.5
+    np.testing.assert_array_equal(np.asarray(model.hidden_states(model.fwd, inputs, cache)), want_eval)
+    got = np.asarray(model.hidden_states(model.fwd, inputs, cache, deterministic=False, rngs=nnx.Rngs(dropout=7)))
+    # the same draw by hand: a hidden word is an id whose embedding row is zero (130 is unused by TOKENS)
+    keep = np.array(jax.random.bernoulli(nnx.Rngs(dropout=7).dropout(), 0.5, inputs.shape))
+    keep[:, 0] = True  # the first token (BOS) is always seen
+    assert 0 < (~keep).sum() < keep.size - 3
+    model.token_embed.embedding[...] = model.token_embed.embedding[...].at[130].set(0.0)
+    hidden = jnp.where(jnp.asarray(keep) | (inputs == 0), inputs, 130)
+    want = np.asarray(model.hidden_states(model.fwd, hidden, cache))
+    valid = np.asarray(inputs) != 0
+    np.testing.assert_allclose(got[valid], want[valid], rtol=1e-5, atol=1e-5)
+    assert np.abs(got[valid] - want_eval[valid]).max() > 1e-2  # and it is not the eval pass

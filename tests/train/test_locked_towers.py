@@ -92,3 +92,22 @@ def test_feature_cache_is_keyed_by_the_tower_weights(data_dir):
     run2 = loop.setup(cfg2, jax.devices()[:1])
     b = LockedTowerFeatures(run2, run2.init_state(), progress=False)  # other weights: another cache file
     assert not np.allclose(np.asarray(a(0, 0)["image_features"]), np.asarray(b(0, 0)["image_features"]))
+
+
+def test_text_feature_cache_is_keyed_by_the_pooled_layers(data_dir):
+    over = ["model.freeze_text=true"]
+    cfg = tiny_config("shapes_fast.py", overrides=over, data_dir=data_dir)
+    run = loop.setup(cfg, jax.devices()[:1])
+    state = run.init_state()
+    last = LockedTowerFeatures(run, state, progress=False)
+    cfg2 = tiny_config("shapes_fast.py", overrides=over + ["model.text_pool_layers=0,1"], data_dir=data_dir)
+    run2 = loop.setup(cfg2, jax.devices()[:1])
+    state2 = run2.init_state()  # same seed: the same text tower, so only the pooled layers tell the caches apart
+    both = LockedTowerFeatures(run2, state2, progress=False)
+    split = pipeline.EvalSplit(cfg.data, cfg.data.train_split)
+    tokens = jnp.asarray(run.tokenizer([split.captions[0]]))
+    want = np.asarray(run2.model(state2).text_features(tokens))[0]
+    assert both.text.shape[1] == 2 * last.text.shape[1] == want.shape[0]
+    np.testing.assert_allclose(both(0, 0)["text_features"], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(last(0, 0)["text_features"], np.asarray(run.model(state).text_features(tokens))[0],
+                               rtol=1e-4, atol=1e-5)

@@ -35,6 +35,17 @@ def _mlp_kernel(tree, task):
     return root["mlp"]["intermediate"]["kernel"]
 
 
+def _adam_state_of_mlp(opt_state, task):
+    """The one Adam state whose moments hold the MLP kernel (a plain chain has one Adam state; optax's
+    multi_transform, under optim.lr_mult, has one per group, the others holding masked placeholders)."""
+    import optax
+
+    found = [leaf for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+             if isinstance(leaf, optax.ScaleByAdamState) and hasattr(_mlp_kernel(leaf.mu, task), "sharding")]
+    assert len(found) == 1, f"{len(found)} Adam states hold the MLP kernel"
+    return found[0]
+
+
 def _first_batch(cfg):
     return next(pipeline.train_iterator(pipeline.train_dataset(cfg, pipeline.make_tokenizer(cfg.data))))
 
@@ -89,7 +100,7 @@ def test_task_under_each_mesh_matches_one_device_and_shards_as_specified(task, r
         kernel = _mlp_kernel(state["params"], task)
         assert kernel.shape == (32, 64) and kernel.sharding.spec == MLP_SPEC[mesh_name], (mesh_name, kernel.sharding)
         # the optimizer's moments are sharded like their parameter (FSDP shards optimizer state too)
-        adam = state["opt"][1][0]
+        adam = _adam_state_of_mlp(state["opt"], task)  # under optim.lr_mult, the group that holds the kernel
         assert _mlp_kernel(adam.mu, task).sharding.spec == MLP_SPEC[mesh_name]
         assert _mlp_kernel(adam.nu, task).sharding.spec == MLP_SPEC[mesh_name]
         if mesh_name == "fsdp":  # each device holds a quarter of the rows

@@ -82,6 +82,9 @@ def base(task: str, tiny: bool) -> ml_collections.ConfigDict:
     c.eval.slow_query_tile = 4  # exhaustive: captions x images per call
     c.eval.slow_image_tile = 16
     c.eval.slow_pair_budget = 64  # re-ranking: (query, candidate) pairs per call
+    # exhaustive Slow (Q x N decoder passes) on a seeded sample of this many queries (0 = all); the pipeline
+    # table then repeats the Fast rows on the same sample (<method>@slow_queries). Re-ranking uses every query.
+    c.eval.slow_queries = 0
 
     c.rerank = ml_collections.ConfigDict()
     c.rerank.ks = (1, 5, 10, 20, 50)  # Fast top-K re-ranked by Slow (pipeline eval)

@@ -13,6 +13,7 @@ checkpoint stores, so a resumed run sees the same data order.
 """
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import os
@@ -232,3 +233,16 @@ class EvalSplit(Gallery):
             iid = ex.get("image_id", i)
             self.image_ids.append(iid.decode() if isinstance(iid, bytes) else str(iid))
         self.caption_to_image = np.asarray(cap2img, dtype=np.int64)
+
+    def with_image_options(self, data_cfg: ml_collections.ConfigDict) -> "EvalSplit":
+        """The same split (images, order, captions, queries) with its images prepared as ``data_cfg`` prepares
+        them (``image_options``: size, crop, resampling): runs trained at different resolutions (e.g. a Fast
+        run at 224 px and a Slow run at 128 px) are each scored on the inputs they were trained on. ``self``
+        when the options are the same."""
+        options = image_options(data_cfg)
+        if options == self.image_options:
+            return self
+        view = copy.copy(self)
+        view.image_options = options
+        Gallery.__init__(view, lambda i: _decode_image(view.source[i]["image"], *options), self.num_images)
+        return view

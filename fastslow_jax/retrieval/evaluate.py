@@ -165,6 +165,7 @@ class SlowScorer(_Sharded):
     """Scores (caption, image) pairs with a Slow model of a Run, reusing per-image visual caches."""
 
     LENGTH_BUCKET = 16
+    SHORT_BUCKET = 8
 
     def __init__(self, run, tower: str | None = None):
         super().__init__(run)
@@ -221,8 +222,13 @@ class SlowScorer(_Sharded):
         return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
     def _bucket(self, length: int, max_len: int) -> int:
-        """Token length rounded up to a multiple of LENGTH_BUCKET (few compiled shapes, little padding)."""
-        return int(min(max_len, -(-int(length) // self.LENGTH_BUCKET) * self.LENGTH_BUCKET))
+        """Token length rounded up to SHORT_BUCKET when it fits, else to a multiple of LENGTH_BUCKET (few
+        compiled shapes, little padding: short labels, e.g. emoji names of 7 tokens on average, are not padded
+        to 16), never above max_len."""
+        length = int(length)
+        if length <= self.SHORT_BUCKET:
+            return int(min(max_len, self.SHORT_BUCKET))
+        return int(min(max_len, -(-length // self.LENGTH_BUCKET) * self.LENGTH_BUCKET))
 
     def _length_sorted_batches(self, texts: Sequence[str], batch: int):
         """Token batches [batch, L_bucket] (padded by repeating row 0), with the query indices they hold."""
@@ -234,17 +240,20 @@ class SlowScorer(_Sharded):
             tok = tokens[idx, :self._bucket(lengths[idx].max(), tokens.shape[1])]
             yield idx, parallel.pad_rows(tok, batch)
 
-    def exhaustive(self, state, split: EvalSplit, cache=None) -> tuple[np.ndarray, float]:
-        """Slow scores of every caption against every image [Q, N], and ms per query (cache excluded)."""
+    def exhaustive(self, state, split: EvalSplit, cache=None,
+                   queries: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Slow scores of every caption (or of the captions ``queries`` indexes) against every image [Q, N],
+        and ms per query (cache excluded)."""
         cache = self.gallery_cache(state, split) if cache is None else cache
+        captions = split.captions if queries is None else [split.captions[i] for i in queries]
         n = split.num_images
         nt = min(self.image_tile, n)
         pad = (-n) % nt
         padded = jax.tree.map(lambda x: parallel.pad_rows(x, n + pad), cache)
         tiles = [jax.tree.map(lambda x: x[s:s + nt], padded) for s in range(0, n + pad, nt)]
-        scores = np.zeros((len(split.captions), n), np.float32)
+        scores = np.zeros((len(captions), n), np.float32)
         p, r = state["params"], state["rest"]
-        batches = list(self._length_sorted_batches(split.captions, self.query_tile))
+        batches = list(self._length_sorted_batches(captions, self.query_tile))
         for tok in {b.shape[1]: b for _, b in batches}.values():  # compile every length bucket before timing
             jax.block_until_ready(self._score_fn(p, r, jnp.asarray(tok)[:, None], tiles[0]))
         t0 = time.perf_counter()
@@ -252,7 +261,7 @@ class SlowScorer(_Sharded):
             tok = jnp.asarray(tok)[:, None]
             row = np.concatenate([np.asarray(self._score_fn(p, r, tok, t)) for t in tiles], axis=1)
             scores[idx] = row[: len(idx), :n]
-        ms = 1000.0 * (time.perf_counter() - t0) / max(len(split.captions), 1)
+        ms = 1000.0 * (time.perf_counter() - t0) / max(len(captions), 1)
         return scores, ms
 
     def rerank_scores(self, state, texts: Sequence[str], candidates: np.ndarray, cache=None,
@@ -296,11 +305,28 @@ class SlowScorer(_Sharded):
             return self._candidates_fn(p, r, tok, cache, jnp.asarray(candidates))
         return self._candidates_images_fn(p, r, tok, jnp.asarray(images))
 
-    def evaluate(self, state, split: EvalSplit, method: str = "slow") -> tuple[dict, np.ndarray]:
-        """(row, score matrix) for exhaustive Slow text->image retrieval (visual tokens cached)."""
-        scores, ms = self.exhaustive(state, split)
-        ranks = metrics_lib.t2i_ranks(scores, split.caption_to_image)
-        return _row(self.run.config, split, method, None, ms=ms, t2i_ranks=ranks, visual="cached"), scores
+    def evaluate(self, state, split: EvalSplit, method: str = "slow",
+                 queries: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+        """(row, score matrix) for exhaustive Slow text->image retrieval (visual tokens cached), over every
+        caption of ``split`` or over the captions ``queries`` indexes (``query_sample``), each against the
+        whole gallery."""
+        scores, ms = self.exhaustive(state, split, queries=queries)
+        gt = split.caption_to_image if queries is None else split.caption_to_image[queries]
+        ranks = metrics_lib.t2i_ranks(scores, gt)
+        extra = {} if queries is None else {"queries": int(len(queries))}
+        return _row(self.run.config, split, method, None, ms=ms, t2i_ranks=ranks, visual="cached", **extra), scores
+
+
+def query_sample(config, split: EvalSplit) -> np.ndarray | None:
+    """The captions exhaustive Slow scores when ``eval.slow_queries`` = n > 0 cuts the split's queries: n of
+    them drawn without replacement by a fixed seed (sorted; the same for every run of the split), else None.
+    Exhaustive Slow costs Q x N decoder passes, re-ranking Q x K: the sample bounds the first alone."""
+    n, q = int(config.eval.get("slow_queries", 0) or 0), len(split.captions)
+    if n < 0:
+        raise ValueError(f"eval.slow_queries must be >= 0 (0 = every query), got {n}")
+    if n == 0 or n >= q:
+        return None
+    return np.sort(np.random.default_rng(0).choice(q, size=n, replace=False))
 
 
 NORMALIZE = ("zscore", "none")
@@ -405,7 +431,7 @@ class Evaluator:
     def evaluate(self, state, split_name: str, *, timing: bool = False) -> dict:
         split = self.split(split_name)
         if isinstance(self.scorer, SlowScorer):
-            return self.scorer.evaluate(state, split)[0]
+            return self.scorer.evaluate(state, split, queries=query_sample(self.run.config, split))[0]
         return self.scorer.evaluate(state, split, timing=timing)[0]
 
 
@@ -416,7 +442,9 @@ def evaluate_pipeline(runs: dict, split_name: str | None = None, progress=print)
     the Slow run's ``rerank.ks``.
 
     All rows use the same gallery and queries (the ``eval.limit`` / ``eval.queries_per_image`` of the
-    runs' configs), except that with ``eval.fast_full_split`` the Fast rows are
+    runs' configs), except that exhaustive Slow scores only a seeded sample of the queries when the Slow
+    run's ``eval.slow_queries`` cuts them (the Fast rows are then repeated on that sample, as
+    ``<method>@slow_queries``), and that with ``eval.fast_full_split`` the Fast rows are
     repeated on the whole split (their ``gallery`` and ``queries`` columns say so): Slow exhaustive
     costs Q x N decoder passes, Fast a matrix product, so the Fast comparison can afford 10x the
     queries. Re-ranking's alpha is chosen per K on the validation split unless ``rerank.alpha`` >= 0
@@ -431,7 +459,7 @@ def evaluate_pipeline(runs: dict, split_name: str | None = None, progress=print)
         if name in runs:
             run, state = runs[name]  # a Fast run, or a distillation run (its student; weight 0 = the control)
             scorer = FastScorer(run, "student" if run.config.task == "distill" else None)
-            row, scores, gallery = scorer.evaluate(state, split, method)
+            row, scores, gallery = scorer.evaluate(state, split.with_image_options(run.config.data), method)
             rows.append(row)
             progress(f"{method}: t2i R@1 {row['t2i_r1']:.1f}")
             scored[method] = (scorer, state, scores, gallery)
@@ -439,16 +467,24 @@ def evaluate_pipeline(runs: dict, split_name: str | None = None, progress=print)
     full = _full_split(any_run.config, split_name, split) if any_run.config.eval.get("fast_full_split") else None
     if full is not None:  # the cheap Fast rows again on every image and caption of the split (less noise)
         for method, (scorer, state, _, _) in scored.items():
-            row = scorer.evaluate(state, full, method)[0]
+            row = scorer.evaluate(state, full.with_image_options(scorer.run.config.data), method)[0]
             rows.append(row)
             progress(f"{method} (whole split, {row['gallery']} images, {row['queries']} queries): "
                      f"t2i R@1 {row['t2i_r1']:.1f}")
+    sample = query_sample(runs["slow"][0].config, split) if "slow" in runs else None
+    if sample is not None:  # exhaustive Slow on a sample of the queries: the scored rows on the same sample
+        for method, (scorer, _, scores, _) in scored.items():
+            ranks = metrics_lib.t2i_ranks(scores[sample], split.caption_to_image[sample])
+            rows.append(_row(any_run.config, split, f"{method}@slow_queries", None, ms=None, t2i_ranks=ranks,
+                             queries=int(len(sample))))
+            progress(f"{method} on the {len(sample)} queries of exhaustive Slow: t2i R@1 {rows[-1]['t2i_r1']:.1f}")
     for name in ("slow", "slow_lastmap"):
         if name in runs:
             run, state = runs[name]
-            row, _ = SlowScorer(run).evaluate(state, split, name)
+            row, _ = SlowScorer(run).evaluate(state, split.with_image_options(run.config.data), name, queries=sample)
             rows.append(row)
-            progress(f"{name}: t2i R@1 {row['t2i_r1']:.1f} ({row['ms_per_query']:.1f} ms/query)")
+            progress(f"{name}: t2i R@1 {row['t2i_r1']:.1f} ({row['ms_per_query']:.1f} ms/query, "
+                     f"{row['queries']} queries)")
     if "slow" in runs and fast_like:
         rows += _rerank_rows(runs["slow"], fast_like, split, progress)
     return rows
@@ -466,6 +502,7 @@ def _full_split(config, split_name: str, split: EvalSplit) -> EvalSplit | None:
 def _rerank_rows(slow_run_state, fast_like: dict, split: EvalSplit, progress) -> list[dict]:
     run, state = slow_run_state
     cfg = run.config
+    split = split.with_image_options(cfg.data)  # Slow reads the images as it was trained on them
     ks = [k for k in cfg.rerank.ks if k <= split.num_images]
     slow = SlowScorer(run)
     cache = slow.gallery_cache(state, split)
@@ -476,7 +513,7 @@ def _rerank_rows(slow_run_state, fast_like: dict, split: EvalSplit, progress) ->
     for method, (scorer, fstate, scores, gallery) in fast_like.items():
         alphas = {k: float(cfg.rerank.alpha) for k in ks}
         if val is not None:  # choose alpha per K on validation, never on the test split
-            _, vscores, _ = scorer.evaluate(fstate, val, timing=False)
+            _, vscores, _ = scorer.evaluate(fstate, val.with_image_options(scorer.run.config.data), timing=False)
             vcand = np.argsort(-vscores, axis=1, kind="stable")[:, : max(ks)]
             vslow, _ = slow.rerank_scores(state, val.captions, vcand, cache=val_cache)
             for k in ks:

@@ -60,9 +60,21 @@ def distill_kl(teacher_scores: jax.Array, student_scores: jax.Array, tau_t: floa
 
 
 class DistillModel(nnx.Module):
-    def __init__(self, student: FastModel, teacher: SlowModel):
+    def __init__(self, student: FastModel, teacher: SlowModel, teacher_image_size: int = 0):
         self.student = student
         self.teacher = teacher
+        # the teacher's training resolution (its data.image_size; 0 = images as stored): batches prepared for
+        # the student at another size are resized for the teacher (e.g. a 224 px student, a 128 px teacher)
+        self.teacher_image_size = int(teacher_image_size)
+
+    def teacher_images(self, images: jax.Array) -> jax.Array:
+        """uint8 [B, (T,) H, W, 3] batch images as the teacher was trained on them (cubic, antialiased)."""
+        size = self.teacher_image_size
+        if not size or images.shape[-3:-1] == (size, size):
+            return images
+        out = jax.image.resize(images.astype(jnp.float32), (*images.shape[:-3], size, size, images.shape[-1]),
+                               "cubic", antialias=True)
+        return jnp.round(jnp.clip(out, 0.0, 255.0)).astype(images.dtype)
 
 
 def read_run_config(workdir: str, what: str) -> ml_collections.ConfigDict:
@@ -89,7 +101,8 @@ class DistillTask:
                 raise ValueError(f"the teacher was trained with data.{key}={tcfg.data[key]!r} but this run uses "
                                  f"{config.data[key]!r}; they must match")
         return DistillModel(FastModel(config.model, vocab_size=vocab_size, rngs=rngs),
-                            SlowModel(tcfg.model, vocab_size=vocab_size, rngs=rngs))
+                            SlowModel(tcfg.model, vocab_size=vocab_size, rngs=rngs),
+                            teacher_image_size=pipeline.image_options(tcfg.data)[0])
 
     def initialize(self, run, state):
         """Load the teacher's (and optionally the student's) trained weights into a fresh state."""
@@ -150,13 +163,13 @@ class DistillTask:
             others = jnp.where(own if pos is None else pos[:bd], -jnp.inf, sims)
             _, hard = jax.lax.top_k(jax.lax.stop_gradient(others), m - 1)
             cand = jnp.concatenate([jnp.arange(bd)[:, None], hard], axis=1)  # [B_d, M], the positive first
-            cache = jax.tree.map(lambda x: x[cand], teacher.visual_cache(batch["image"]))
+            cache = jax.tree.map(lambda x: x[cand], teacher.visual_cache(model.teacher_images(batch["image"])))
             h = jax.lax.stop_gradient(teacher.score_with_cache(batch["tokens"][:bd, None], cache))  # [B_d, M]
             kl = distill_kl(h, jnp.take_along_axis(sims, cand, axis=1) * s_scale, dcfg.tau_teacher, s_tau)
             metrics["teacher_batch_acc"] = (jnp.argmax(h, axis=1) == 0).mean()
         else:  # in-batch: the teacher scores the first distill.batch_size captions x images
             bd = min(int(dcfg.batch_size), batch["tokens"].shape[0])
-            cache = teacher.visual_cache(batch["image"][:bd])
+            cache = teacher.visual_cache(model.teacher_images(batch["image"][:bd]))
             h = jax.lax.stop_gradient(teacher.score_with_cache(batch["tokens"][:bd, None], cache))  # [caption, image]
             kl = distill_kl(h, (txt[:bd] @ img[:bd].T) * s_scale, dcfg.tau_teacher, s_tau)
             metrics["teacher_batch_acc"] = (jnp.argmax(h, axis=1) == jnp.arange(bd)).mean()
@@ -179,7 +192,9 @@ def precompute_topm(config: ml_collections.ConfigDict, path: str, load_trained) 
     fast = FastScorer(fast_run)
     candidates, _ = fast.search(fast_state, split.captions, fast.embed_images(fast_state, split), m)
     slow = SlowScorer(slow_run)
-    scores, _ = slow.rerank_scores(slow_state, split.captions, candidates, cache=slow.gallery_cache(slow_state, split))
+    teacher_split = split.with_image_options(slow_run.config.data)  # the teacher's own resolution
+    scores, _ = slow.rerank_scores(slow_state, split.captions, candidates,
+                                   cache=slow.gallery_cache(slow_state, teacher_split))
     counts = np.bincount(split.caption_to_image, minlength=split.num_images)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
     tmp = path + ".tmp.npz"

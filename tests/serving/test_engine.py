@@ -192,10 +192,12 @@ def test_batched_search_equals_the_unbatched_path_and_compiles_nothing_after_war
 
 def _check_batched_against_alone(eng, compiles):
     shapes = eng.compiled_shapes()
-    assert shapes["text_rows"] == [1, 2, 4, 8, 16] and len(shapes["slow"]) == 5 * 4  # row buckets x length buckets
-    assert eng.warm_up() == 25
+    assert shapes["text_rows"] == [1, 2, 4, 8, 16] and len(shapes["slow"]) == 5 * 5  # row buckets x length buckets
+    # length buckets of max_len 64: 8 (short queries), then 16, 32, 48, 64
+    assert sorted({length for _, length in shapes["slow"]}) == [8, 16, 32, 48, 64]
+    assert eng.warm_up() == 30
     compiled = len(compiles)
-    # mixed lengths (two token-length buckets), k, and rerank K (0, partial rows of 10, several rows, all 64 items)
+    # mixed lengths (three token-length buckets), k, and rerank K (0, partial rows of 10, several rows, all 64 items)
     long_query = "a small red circle to the left of a large blue square and a green triangle below a yellow diamond"
     queries = ["a small red circle", long_query, "two yellow diamonds", "a purple circle in the bottom left corner"]
     requests = [(queries[i % 4], [10, 5, 12, 3][i % 4], [10, 0, 20, 7, 64, 100][i % 6]) for i in range(16)]

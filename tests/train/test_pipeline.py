@@ -95,6 +95,44 @@ def test_pipeline_table_has_every_row(pipeline_dir):
         assert set(evaluate.ROW_KEYS) <= set(r)
 
 
+def test_exhaustive_slow_on_a_query_sample_with_fast_on_the_same_sample(pipeline_dir, tmp_path):
+    wd = tmp_path / "pipe"
+    wd.mkdir()
+    for name in ("fast", "slow"):
+        os.symlink(os.path.join(pipeline_dir, name), wd / name)
+    over = ["eval.limit=16", "eval.queries_per_image=1", "eval.fast_full_split=False", "eval.slow_queries=6"]
+    rows = workdir_lib.evaluate_pipeline(str(wd), "test", over, progress=lambda m: None)
+    by = {(r["method"], r["k"]): r for r in rows}
+    assert by[("slow", None)]["queries"] == 6 and by[("fast@slow_queries", None)]["queries"] == 6
+    assert by[("fast", None)]["queries"] == 16 and by[("fast+slow", 10)]["queries"] == 16  # the rest: every query
+    assert all(r["gallery"] == 16 for r in rows)
+    # the sample: 6 distinct queries, sorted, drawn by a fixed seed (the same every time)
+    runs = workdir_lib.load_pipeline(str(wd), over, devices=jax.devices()[:1])
+    split = evaluate.load_split(runs["slow"][0].config, "test")
+    sample = evaluate.query_sample(runs["slow"][0].config, split)
+    assert len(set(sample.tolist())) == 6 and sample.tolist() == sorted(sample.tolist()) and sample.max() < 16
+    assert np.array_equal(sample, evaluate.query_sample(runs["slow"][0].config, split))
+    # both rows agree with the whole-split score matrices restricted to the sample's rows
+    from fastslow_jax.retrieval import metrics
+    gt = split.caption_to_image[sample]
+    slow_scores, _ = evaluate.SlowScorer(runs["slow"][0]).exhaustive(runs["slow"][1], split)
+    fast_scores = evaluate.FastScorer(runs["fast"][0]).evaluate(runs["fast"][1], split, timing=False)[1]
+    for method, scores in (("slow", slow_scores), ("fast@slow_queries", fast_scores)):
+        ranks = metrics.t2i_ranks(scores[sample], gt)
+        assert by[(method, None)]["t2i_r1"] == pytest.approx(100.0 * (ranks == 0).mean())
+        assert by[(method, None)]["t2i_r5"] == pytest.approx(100.0 * (ranks < 5).mean())
+
+
+def test_query_sample_bounds():
+    from ml_collections import ConfigDict
+    split = type("Split", (), {"captions": ["c"] * 10})()
+    for n, want in ((0, None), (10, None), (25, None)):
+        assert evaluate.query_sample(ConfigDict({"eval": {"slow_queries": n}}), split) is want
+    assert len(evaluate.query_sample(ConfigDict({"eval": {"slow_queries": 3}}), split)) == 3
+    with pytest.raises(ValueError, match="eval.slow_queries must be >= 0"):
+        evaluate.query_sample(ConfigDict({"eval": {"slow_queries": -1}}), split)
+
+
 def test_a_baseline_run_is_a_row_of_its_own_never_re_ranked(pipeline_dir, tmp_path):
     # a pipeline whose baseline/ is the same Fast run as fast/: the same figures, and no baseline+slow row
     wd = tmp_path / "pipe"

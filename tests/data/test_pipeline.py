@@ -133,3 +133,22 @@ def test_readers_that_need_no_pixels_do_not_decode_images(data_dir):
     batch = pipeline.train_dataset(cfg, pipeline.make_tokenizer(cfg.data), extras=Extras())[0]
     assert "image" not in batch
     np.testing.assert_array_equal(batch["image_features"][:, 0], batch["image_index"])
+
+
+def test_an_eval_split_seen_at_another_resolution_keeps_its_captions():
+    cfg = tiny_config()
+    split = pipeline.EvalSplit(cfg.data, "test", limit=8, queries_per_image=2)
+    assert split.with_image_options(cfg.data) is split
+    other = cfg.data.copy_and_resolve_references()
+    other.image_size, other.image_crop, other.image_resample = 32, 1.0, "bicubic"
+    view = split.with_image_options(other)
+    assert view.captions == split.captions and view.num_images == 8
+    np.testing.assert_array_equal(view.caption_to_image, split.caption_to_image)
+    # each image: the stored one resized whole with PIL's bicubic filter (an independent reference)
+    from PIL import Image
+    source = pipeline.split_source(cfg.data, "test")
+    for i in (0, 7):
+        stored = pipeline._decode_image(source[i]["image"])
+        ref = np.asarray(Image.fromarray(stored).resize((32, 32), Image.BICUBIC))
+        np.testing.assert_array_equal(view.read(i), ref)
+        assert split.read(i).shape == (64, 64, 3)

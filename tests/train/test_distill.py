@@ -96,3 +96,37 @@ def test_in_batch_hard_negatives_pick_the_students_hardest_and_score_them_with_t
         want = float(distill_kl(jnp.asarray(h), jnp.asarray(s), float(cfg.distill.tau_teacher), 1.0))
         assert float(metrics["kl"]) == pytest.approx(want, rel=2e-3)
         assert want > 1e-3
+
+
+def test_a_teacher_trained_at_another_resolution_scores_the_batch_at_its_own():
+    # a 16 px teacher with a 32 px student batch: the teacher sees the images resized to 16 px. With images of
+    # one colour each, the resized images are exactly the 16 px images of that colour (an independent reference)
+    from flax import nnx
+
+    from fastslow_jax.train.distill import DistillTask
+
+    cfg, model, batch = _tiny_distill_model()
+    colours = np.random.default_rng(1).integers(0, 255, (6, 1, 1, 3)).astype(np.uint8)
+    batch["image"] = np.broadcast_to(colours, (6, 32, 32, 3)).copy()
+    cfg.distill.weight, cfg.distill.batch_size, cfg.distill.tau_student, cfg.distill.in_batch_topm = 1.0, 4, -1.0, 0
+    task, key = DistillTask(), jax.random.key(0)
+    img = model.student.encode_image(batch["image"], train=True)
+    txt = model.student.encode_text(batch["tokens"], train=True)
+    s = np.asarray(txt[:4] @ img[:4].T) * float(model.student.scale())
+    teacher_score = nnx.jit(lambda t, images, tokens: t.score(images, tokens))
+
+    def want(size):  # every caption i against every image j, the images of the batch's colours at `size` px
+        images = np.broadcast_to(colours[:4], (4, size, size, 3))
+        h = np.asarray(teacher_score(model.teacher, np.tile(images, (4, 1, 1, 1)),
+                                     np.repeat(batch["tokens"][:4], 4, axis=0))).reshape(4, 4)
+        return float(distill_kl(jnp.asarray(h), jnp.asarray(s), float(cfg.distill.tau_teacher), 1.0))
+
+    model.teacher_image_size = 16
+    assert model.teacher_images(jnp.asarray(batch["image"])).shape == (6, 16, 16, 3)
+    _, metrics = nnx.jit(lambda mdl, b: task.loss_fn(mdl, b, key, cfg))(model, batch)
+    assert float(metrics["kl"]) == pytest.approx(want(16), rel=2e-3)
+    assert abs(want(16) - want(32)) > 1e-3  # the resolution matters to this teacher
+    for size in (0, 32):  # 0 (images as stored) or the batch's own size: the images pass through unchanged
+        model.teacher_image_size = size
+        x = jnp.asarray(batch["image"])
+        assert model.teacher_images(x) is x

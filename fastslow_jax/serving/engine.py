@@ -3,7 +3,8 @@
 An index directory (``fastslow index``) holds:
 
 * ``manifest.json``: format, model (workdir, fingerprint, which runs embed and re-rank), the Fast
-  run's config, embedding dimension, image shape, counts, whether Slow visual tokens are stored;
+  run's config, embedding dimension, image shapes (the Fast run's and the Slow run's: each reads the
+  images at its own training size), counts, whether Slow visual tokens are stored;
 * ``items.json``: per gallery item its id and image path (relative to the index for images copied
   from a dataset, absolute for ``--images DIR``);
 * ``embeddings.npy``, ``ann.json``, ``scann/``: the ANN index (``fastslow_jax.serving.ann``);
@@ -34,7 +35,7 @@ from fastslow_jax import config as config_lib
 from fastslow_jax import parallel
 from fastslow_jax import workdir as workdir_lib
 from fastslow_jax.data.gallery import IMAGE_EXTENSIONS, ImageFiles, load_image
-from fastslow_jax.data.pipeline import EvalSplit, get_builder
+from fastslow_jax.data.pipeline import EvalSplit, get_builder, image_options
 from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer, combine_scores, rerank_normalize
 from fastslow_jax.serving.ann import AnnIndex
 
@@ -124,9 +125,15 @@ def fingerprint(models: Models) -> str:
     return h.hexdigest()[:16]
 
 
-def image_shape(run) -> tuple[int, int, int]:
-    """The (H, W, 3) image shape the run was trained on (from its dataset's features)."""
-    return tuple(int(d) for d in get_builder(run.config.data, prepare=False).info.features["image"].shape)
+def image_shape(run) -> tuple[int, ...]:
+    """The (H, W, 3) image shape the run was trained on: its dataset's stored shape, with H and W set to the
+    run's ``data.image_size`` when that resizes the stored images (e.g. 64 px emoji upsampled to 224 px for
+    a Fast run, to 128 px for a Slow run)."""
+    stored = tuple(get_builder(run.config.data, prepare=False).info.features["image"].shape)
+    size = image_options(run.config.data)[0]
+    if size:
+        stored = (*stored[:-3], size, size, stored[-1])
+    return tuple(int(d) for d in stored)
 
 
 # --------------------------------------------------------------------------------------------- galleries
@@ -236,6 +243,9 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
         raise ValueError(f"--add: {out} was made by model {manifest['model']['fingerprint']} "
                          f"({manifest['model']['workdir']}), but {models.workdir} holds model {fp}")
     shape = image_shape(models.fast_run)
+    slow_shape = image_shape(models.slow_run) if models.slow_run is not None else shape
+    if add:  # indexes from before slow_image_shape was stored computed Slow's tokens at the Fast shape
+        slow_shape = tuple(manifest.get("slow_image_shape", manifest["image_shape"]))
     old_items = _read_json(os.path.join(out, "items.json")) if add else []
     known = {it["id"] for it in old_items}
 
@@ -248,18 +258,24 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
         gallery = EvalSplit(data_cfg, split_name, limit=limit or None, queries_per_image=1)
         ids = [f"{data_cfg.name}:{split_name}:{i}" for i in gallery.image_ids]
         source = f"dataset {data_cfg.name}:{split_name}"
+        slow_gallery = gallery  # the same images as the Slow run reads them (its own size)
+        if models.slow_run is not None:
+            slow_data = config_lib.config_from_json(config_lib.to_json(models.slow_run.config.data))
+            slow_data.name = data_cfg.name
+            slow_gallery = gallery.with_image_options(slow_data)
     else:
         gallery = ImageFiles.from_folder(images, shape)
         if limit:
             gallery = ImageFiles(gallery.paths[:limit], shape)
         ids = list(gallery.paths)
         source = f"images {os.path.abspath(images)}"
+        slow_gallery = ImageFiles(gallery.paths, slow_shape)
     keep = [i for i, x in enumerate(ids) if x not in known]
     if not keep:
         raise ValueError(f"{source} holds no images that are not in the index already" if ids
                          else f"{source} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     if len(keep) < len(ids):
-        gallery = gallery.subset(keep)
+        gallery, slow_gallery = gallery.subset(keep), slow_gallery.subset(keep)
         ids = [ids[i] for i in keep]
 
     os.makedirs(out, exist_ok=True)
@@ -292,11 +308,11 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
         log.warning("--visual-tokens: %s has no Slow run; nothing to store", workdir)
     if store_visual:
         slow = SlowScorer(models.slow_run)
-        cache = slow.gallery_cache(models.slow_state, _Progress(gallery, "slow visual tokens", progress))
+        cache = slow.gallery_cache(models.slow_state, _Progress(slow_gallery, "slow visual tokens", progress))
         vpath = os.path.join(out, "visual.npz")
         if add:
             cache = jax.tree.map(lambda a, b: jnp.concatenate([a, b]),
-                                 _load_visual(vpath, _abstract_cache(slow, models.slow_state, shape)), cache)
+                                 _load_visual(vpath, _abstract_cache(slow, models.slow_state, slow_shape)), cache)
         _save_visual(vpath, cache)
 
     ann.save(out)
@@ -306,7 +322,8 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
     manifest = {"format": INDEX_FORMAT,
                 "model": {**models.describe(), "fingerprint": fp},
                 "config": json.loads(config_lib.to_json(models.fast_run.config)),
-                "dim": int(emb.shape[1]), "image_shape": list(shape), "count": len(all_items),
+                "dim": int(emb.shape[1]), "image_shape": list(shape), "slow_image_shape": list(slow_shape),
+                "count": len(all_items),
                 "main_count": ann.main_count, "delta_count": ann.delta_count, "ann": ann.params,
                 "visual_tokens": store_visual, "rerank": rerank_settings(models), "sources": sources}
     _write_json(os.path.join(out, "manifest.json"), manifest)
@@ -361,6 +378,8 @@ class SearchEngine:
         if len(self.items) != len(self.ann):
             raise ValueError(f"{index_dir}: items.json lists {len(self.items)} items, the ANN index {len(self.ann)}")
         self.shape = tuple(self.manifest["image_shape"])
+        # Slow's input shape (its own training size); indexes from before the key: the Fast shape
+        self.slow_shape = tuple(self.manifest.get("slow_image_shape", self.shape))
         self.lock = threading.Lock()
         m = self.models
         graphdef, tower = m.fast_run.graphdef, m.tower
@@ -373,7 +392,7 @@ class SearchEngine:
         self.slow = SlowScorer(m.slow_run) if m.slow_run is not None else None
         self.cache = None
         if self.slow is not None and self.manifest.get("visual_tokens"):
-            like = _abstract_cache(self.slow, m.slow_state, self.shape)
+            like = _abstract_cache(self.slow, m.slow_state, self.slow_shape)
             self.cache = _load_visual(os.path.join(index_dir, "visual.npz"), like)
         self.alpha = float(alpha) if alpha is not None else None  # None: per K, from the index
         self.rerank = self.manifest.get("rerank") or rerank_settings(self.models)  # indexes before it was stored
@@ -516,7 +535,7 @@ class SearchEngine:
             if self.cache is not None:
                 res = self.slow.score_candidates(st, tok, cnd, cache=self.cache)
             else:
-                imgs = {int(j): load_image(self.image_path(int(j)), self.shape) for j in np.unique(cnd)}
+                imgs = {int(j): load_image(self.image_path(int(j)), self.slow_shape) for j in np.unique(cnd)}
                 res = self.slow.score_candidates(st, tok, cnd, images=np.stack([[imgs[int(j)] for j in row]
                                                                                for row in cnd]))
             out.append(np.asarray(res)[:len(tokens[s:s + top])])

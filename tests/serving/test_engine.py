@@ -17,6 +17,7 @@ def test_index_manifest_and_pipeline_towers(serving_index, serving_pipeline):
     assert m["model"]["fast"] == "distill (student)" and m["model"]["slow"] == "slow"  # pipeline: distilled Fast
     assert m["model"]["workdir"] == os.path.abspath(serving_pipeline)
     assert (m["count"], m["dim"], m["image_shape"], m["ann"]["kind"]) == (64, 32, [64, 64, 3], "brute_force")
+    assert m["slow_image_shape"] == [64, 64, 3]  # the Slow run's own input size (here the same as Fast's)
     assert m["visual_tokens"] and os.path.exists(os.path.join(serving_index, "visual.npz"))
     items = json.load(open(os.path.join(serving_index, "items.json")))
     assert items[5]["id"] == "shapes/tiny:test:test_000005"
@@ -232,3 +233,15 @@ def test_batch_buckets():
     assert engine.bucket(5, (1, 2, 4, 8)) == 8 and engine.bucket(9, (1, 2, 4, 8)) == 9
     with pytest.raises(ValueError, match="at least 1"):
         engine.batch_buckets(0)
+
+
+def test_image_shape_is_the_runs_training_size():
+    # the stored shapes/tiny images are 64 px; a run that resizes them (data.image_size) is served at its size
+    from types import SimpleNamespace
+
+    from tests.conftest import tiny_config
+    cfg = tiny_config()
+    cfg.data.image_size = 0
+    assert engine.image_shape(SimpleNamespace(config=cfg)) == (64, 64, 3)
+    cfg.data.image_size = 40
+    assert engine.image_shape(SimpleNamespace(config=cfg)) == (40, 40, 3)

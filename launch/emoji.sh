@@ -8,8 +8,8 @@
 # slow (configs/emoji_slow.py: the MiniLM-initialised decoder), fast (the control: fast_init + CONT_STEPS with
 # distill.weight=0), distill (fast_init + CONT_STEPS with the Slow teacher), eval; rerunning resumes.
 # Step counts: the configs' own unless FAST_STEPS / SLOW_STEPS / CONT_STEPS say otherwise.
-# Not yet measured end to end with these defaults (the last whole run, 40 min 34 s on this 2-core CPU, was with
-# the previous ones: fully fine-tuned 64 px towers, a decoder from scratch).
+# One default run from a fresh clone on this 2-core CPU (shared with test runs at times): baseline 17.5 min,
+# fast_init 11 min, slow 25 min, fast 13.7 min, distill 23.7 min, then the eval (table and figures in README.md).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 WORKDIR="${1:-runs/emoji}"
 DATA="${EMOJI_DATA:-data/emoji}"

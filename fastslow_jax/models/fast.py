@@ -90,9 +90,7 @@ class FastModel(nnx.Module):
         frames, lead = layers.fold_time(images)
         pooled = [self._pooled(frames, train)]
         for size in self.pool_sizes:  # the same image at another resolution (cubic, antialiased when smaller)
-            resized = jax.image.resize(frames.astype(jnp.float32), (frames.shape[0], size, size, frames.shape[-1]),
-                                       "cubic", antialias=True)
-            pooled.append(self._pooled(jnp.clip(resized, 0.0, 255.0), train))
+            pooled.append(self._pooled(layers.resize_images(frames, size), train))
         pooled = layers.unfold_time(jnp.concatenate(pooled, axis=-1) if len(pooled) > 1 else pooled[0], lead)
         if pooled.ndim == 3:  # video: average over time as well
             pooled = pooled.mean(axis=1)

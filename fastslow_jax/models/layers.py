@@ -186,3 +186,11 @@ def fold_time(x: Array, image_ndim: int = 4) -> tuple[Array, tuple[int, ...]]:
 
 def unfold_time(x: Array, lead: Sequence[int]) -> Array:
     return x.reshape(*lead, *x.shape[1:])
+
+
+def resize_images(images: Array, size: int) -> Array:
+    """[..., H, W, C] pixel values (uint8 or float) -> float32 [..., size, size, C]: cubic, antialiased when
+    shrinking, clipped to [0, 255] (the same image at another resolution)."""
+    out = jax.image.resize(images.astype(jnp.float32), (*images.shape[:-3], size, size, images.shape[-1]),
+                           "cubic", antialias=True)
+    return jnp.clip(out, 0.0, 255.0)

@@ -258,11 +258,8 @@ def build_index(workdir: str, out: str, *, dataset: str | None = None, images: s
         gallery = EvalSplit(data_cfg, split_name, limit=limit or None, queries_per_image=1)
         ids = [f"{data_cfg.name}:{split_name}:{i}" for i in gallery.image_ids]
         source = f"dataset {data_cfg.name}:{split_name}"
-        slow_gallery = gallery  # the same images as the Slow run reads them (its own size)
-        if models.slow_run is not None:
-            slow_data = config_lib.config_from_json(config_lib.to_json(models.slow_run.config.data))
-            slow_data.name = data_cfg.name
-            slow_gallery = gallery.with_image_options(slow_data)
+        # the same images as the Slow run reads them (its own size)
+        slow_gallery = gallery if models.slow_run is None else gallery.with_image_options(models.slow_run.config.data)
     else:
         gallery = ImageFiles.from_folder(images, shape)
         if limit:

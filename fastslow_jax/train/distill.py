@@ -35,7 +35,7 @@ from flax import nnx
 from fastslow_jax import config as config_lib
 from fastslow_jax.data import pipeline
 from fastslow_jax.data.pipeline import EvalSplit
-from fastslow_jax.models import weights
+from fastslow_jax.models import layers, weights
 from fastslow_jax.models.fast import FastModel
 from fastslow_jax.models.slow import SlowModel
 from fastslow_jax.retrieval.evaluate import FastScorer, SlowScorer
@@ -72,9 +72,7 @@ class DistillModel(nnx.Module):
         size = self.teacher_image_size
         if not size or images.shape[-3:-1] == (size, size):
             return images
-        out = jax.image.resize(images.astype(jnp.float32), (*images.shape[:-3], size, size, images.shape[-1]),
-                               "cubic", antialias=True)
-        return jnp.round(jnp.clip(out, 0.0, 255.0)).astype(images.dtype)
+        return jnp.round(layers.resize_images(images, size)).astype(images.dtype)
 
 
 def read_run_config(workdir: str, what: str) -> ml_collections.ConfigDict:
